@@ -1,0 +1,46 @@
+# Everything a fresh machine needs: `make demo` and `make test` set themselves up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION ?= 2.13.0
+DEMO_OUT ?= demo-output
+
+.PHONY: venv install install-test system-deps ui demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned, so that no other package pulls a multi-GB CUDA build
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+# Debian packages the tests use: headless Chromium for the browser tests.
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
+
+demo: install
+	$(VENV)/bin/geofm demo --out $(DEMO_OUT)
+
+lint: install-test
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: install-test system-deps
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest -q -rs
+
+bench: install-test
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,163 @@
+"""The ``geofm`` command line: one subcommand per step, plus run, demo, search, serve, models, finetune."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from geofm.config import PipelineConfig, load_config, parse_set_options
+from geofm.report import StepReport
+
+app = typer.Typer(
+    help="Sentinel-2 chips, foundation-model embeddings, change over time and similarity search.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+# ---- options shared by every pipeline command ----------------------------------------------------
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of pipeline parameters.")]
+AoiOpt = Annotated[str | None, typer.Option("--aoi", help="AOI GeoJSON file.")]
+AoiNameOpt = Annotated[str | None, typer.Option("--aoi-name", help="AOI name (output folder).")]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Output root: folder or s3://bucket/prefix.")]
+StartOpt = Annotated[str | None, typer.Option("--start", help="Start date YYYY-MM-DD.")]
+EndOpt = Annotated[str | None, typer.Option("--end", help="End date YYYY-MM-DD.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Any parameter as key=value (repeatable).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, logs only.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo units whose outputs are complete.")]
+
+
+def _date(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def build_config(
+    config: Path | None = None,
+    aoi: str | None = None,
+    aoi_name: str | None = None,
+    out: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    set_: list[str] | None = None,
+    **extra: Any,
+) -> PipelineConfig:
+    """Resolve parameters: YAML file, then ``--set`` pairs, then dedicated flags (flags win)."""
+    try:
+        overrides = parse_set_options(set_)
+        overrides.update(
+            aoi=aoi, aoi_name=aoi_name, output_root=out,
+            start_date=_date(start, "--start"), end_date=_date(end, "--end"), **extra,
+        )
+        return load_config(config, **overrides)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def finish(report: StepReport) -> None:
+    """Print a step summary and exit non-zero when any unit failed."""
+    console.print(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def discover(
+    config: ConfigOpt = None, aoi: AoiOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
+    start: StartOpt = None, end: EndOpt = None, set_: SetOpt = None,
+    stac_url: Annotated[str | None, typer.Option("--stac-url", help="STAC API root URL.")] = None,
+    max_cloud_cover: Annotated[float | None, typer.Option("--max-cloud-cover", help="Percent.")] = None,
+    grid_id: Annotated[str | None, typer.Option("--grid-id", help="Keep one MGRS tile.")] = None,
+) -> None:
+    """Step 0: search the STAC API for scenes over the AOI and write them to the input layout."""
+    from geofm.stac import discover as run_discover
+
+    cfg = build_config(config, aoi, aoi_name, out, start, end, set_, stac_url=stac_url,
+                       max_cloud_cover=max_cloud_cover, grid_id=grid_id)
+    try:
+        items = run_discover(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+    console.print(f"{len(items)} scenes written to {cfg.layout.scenes_dir}")
+
+
+@app.command()
+def preprocess(
+    config: ConfigOpt = None, aoi: AoiOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
+    set_: SetOpt = None, quiet: QuietOpt = False, force: ForceOpt = False,
+    chip_size: Annotated[int | None, typer.Option("--chip-size", help="Chip side in pixels.")] = None,
+    whole_tile: Annotated[bool, typer.Option("--whole-tile", help="Chip the whole tile.")] = False,
+) -> None:
+    """Step 1: cut each scene into chips (NetCDF + PNG) and write its chip metadata (GeoParquet)."""
+    from geofm.steps import preprocess as step
+
+    cfg = build_config(config, aoi, aoi_name, out, None, None, set_, chip_size=chip_size,
+                       whole_tile=whole_tile or None, force=force or None)
+    finish(step.run(cfg, quiet=quiet))
+
+
+@app.command()
+def embed(
+    config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
+    set_: SetOpt = None, quiet: QuietOpt = False, force: ForceOpt = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name.")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint path.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chips per batch.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda.")] = None,
+) -> None:
+    """Step 2: embed every chip with the model (class + patch embeddings as .npy)."""
+    from geofm.steps import embed as step
+
+    cfg = build_config(config, None, aoi_name, out, None, None, set_, model=model, checkpoint=checkpoint,
+                       batch_size=batch_size, device=device, force=force or None)
+    finish(step.run(cfg, quiet=quiet))
+
+
+@app.command()
+def analyze(
+    config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
+    set_: SetOpt = None, quiet: QuietOpt = False, force: ForceOpt = False,
+) -> None:
+    """Step 3: global PCA and cosine similarity over time against the baseline, per chip."""
+    from geofm.steps import analyze as step
+
+    cfg = build_config(config, None, aoi_name, out, None, None, set_, force=force or None)
+    finish(step.run(cfg, quiet=quiet))
+
+
+@app.command()
+def consolidate(
+    config: ConfigOpt = None, aoi: AoiOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
+    set_: SetOpt = None, quiet: QuietOpt = False, force: ForceOpt = False,
+) -> None:
+    """Step 4: consolidated GeoParquet, chip-grid GeoJSONs, front-end config and the LanceDB table."""
+    from geofm.steps import consolidate as step
+
+    cfg = build_config(config, aoi, aoi_name, out, None, None, set_, force=force or None)
+    finish(step.run(cfg, quiet=quiet))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Pipeline parameters: one pydantic model, named after the spec's parameters, loadable from YAML
+and overridable by flags (``--set key=value`` or the dedicated options of each command)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from geofm.layout import Layout
+from geofm.sentinel2 import L2A_BANDS, band
+
+EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
+
+
+class PipelineConfig(BaseModel):
+    """Every parameter of every step. Field names follow the spec (``aoi_name``, ``chip_size``...)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # ---- what and where --------------------------------------------------------------------
+    aoi_name: str = Field("aoi", description="Name of the AOI; a folder name in the output layout.")
+    aoi: str | None = Field(None, description="AOI GeoJSON file (Polygon/MultiPolygon, WGS84).")
+    output_root: str = Field("geofm-data", description="Local folder or s3://bucket/prefix.")
+    start_date: date | None = Field(None, description="First day of the date range (inclusive).")
+    end_date: date | None = Field(None, description="Last day of the date range (inclusive).")
+
+    # ---- discovery (step 0) ----------------------------------------------------------------
+    stac_url: str = Field(EARTH_SEARCH_V1, description="STAC API root URL.")
+    collection: str = Field("sentinel-2-l2a", description="STAC collection.")
+    max_cloud_cover: float = Field(20.0, ge=0, le=100, description="Scene eo:cloud_cover limit, percent.")
+    grid_id: str | None = Field(None, description="Keep only this MGRS tile (e.g. 20LPP).")
+    max_items: int | None = Field(None, ge=1, description="Stop discovery after this many items.")
+
+    # ---- step 1: preprocess ----------------------------------------------------------------
+    processing_level: Literal["l2a"] = Field("l2a", description="Sentinel-2 processing level.")
+    s2_bands: list[str] = Field(default_factory=lambda: list(L2A_BANDS), description="Bands to chip.")
+    chip_size: int = Field(256, gt=0, description="Chip side in pixels of the finest band grid.")
+    whole_tile: bool = Field(False, description="Chip the whole tile, not only chips meeting the AOI.")
+
+    # ---- step 2: embed ---------------------------------------------------------------------
+    model: str = Field("clay-v1", description="Registered model name (see `geofm models list`).")
+    checkpoint: str | None = Field(None, description="Model checkpoint path or URL; default: model cache.")
+    embed_bands: list[str] | None = Field(None, description="Bands fed to the model; default: model's.")
+    batch_size: int = Field(32, gt=0, description="Chips per model batch.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    patch_embeddings: bool = Field(True, description="Also write per-patch embeddings.")
+    embed_max_missing: float = Field(0.0, ge=0, le=1, description="Skip chips with more missing data.")
+    embed_max_cloud: float = Field(1.0, ge=0, le=1, description="Skip chips with a larger cloud share.")
+
+    # ---- step 3: analyze -------------------------------------------------------------------
+    embedding_kind: Literal["patch", "cls"] = Field("patch", description="Embedding used for change.")
+    n_components: int = Field(2, ge=1, description="PCA components.")
+    pca_sample_size: int = Field(2000, ge=2, description="Rows in the global PCA subsample.")
+    seed: int = Field(0, description="Seed of every random choice (PCA subsample, synth).")
+    baseline: Literal["first", "first-clear"] = Field("first-clear", description="Change baseline date.")
+    analyze_max_cloud: float = Field(0.05, ge=0, le=1, description="Cloud share limit for step 3 rows.")
+    analyze_max_missing: float = Field(0.0, ge=0, le=1, description="Missing share limit for step 3 rows.")
+    patch_change_threshold: float = Field(0.8, description="Per-patch similarity below this = changed.")
+
+    # ---- step 4: consolidate ---------------------------------------------------------------
+    change_threshold_high: float = Field(0.80, description="Lowest similarity below this: High change.")
+    change_threshold_medium: float = Field(0.90, description="Lowest similarity below this: Medium.")
+    vector_index_min_rows: int = Field(100_000, ge=1, description="Build an ANN index from this size.")
+
+    # ---- running ---------------------------------------------------------------------------
+    executor: Literal["local", "ray"] = Field("local", description="local process pool or Ray.")
+    ray_address: str | None = Field(None, description="Ray cluster address (executor ray).")
+    workers: int | None = Field(None, ge=1, description="Parallel units of work; default: CPU count.")
+    retries: int = Field(1, ge=0, description="Retries of a failed unit of work.")
+    force: bool = Field(False, description="Redo units of work whose outputs are complete.")
+
+    @field_validator("s2_bands", "embed_bands")
+    @classmethod
+    def _known_bands(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("band list is empty")
+        return [band(b).name for b in v]
+
+    @field_validator("grid_id")
+    @classmethod
+    def _grid_upper(cls, v: str | None) -> str | None:
+        return v.upper().removeprefix("MGRS-") if v else v
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> PipelineConfig:
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise ValueError(
+                f"dates reversed: start_date {self.start_date} is after end_date {self.end_date}"
+            )
+        if self.change_threshold_high > self.change_threshold_medium:
+            raise ValueError("change_threshold_high must not exceed change_threshold_medium")
+        return self
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.output_root, self.aoi_name, self.processing_level)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
+        """Load a YAML file; ``overrides`` (non-None values) win over the file."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping of parameters, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, Any]:
+    """``["chip_size=128", "s2_bands=[red,green]"]`` -> dict, values parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in PipelineConfig.model_fields:
+            raise ValueError(f"unknown parameter {key!r}; see `geofm config show`")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def load_config(config: str | Path | None = None, **overrides: Any) -> PipelineConfig:
+    """Config from an optional YAML file plus overrides (None values ignored)."""
+    if config is not None:
+        return PipelineConfig.from_yaml(config, **overrides)
+    return PipelineConfig.model_validate({k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,100 @@
+"""Run units of work: a local process pool (default) or inline; every unit is retried, then recorded,
+and one failure never stops the others.
+
+A unit function has the signature ``fn(cfg, unit) -> dict | None``; it raises on failure and returns
+``{"skipped": True, ...}`` when its outputs were already complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from geofm.config import PipelineConfig
+from geofm.report import StepReport, UnitResult
+
+UnitFn = Callable[[PipelineConfig, str], "dict[str, Any] | None"]
+
+
+def default_workers(cfg: PipelineConfig) -> int:
+    return cfg.workers or max(1, os.cpu_count() or 1)
+
+
+def run_unit(fn: UnitFn, cfg: PipelineConfig, unit: str, retries: int) -> UnitResult:
+    """Run one unit with retries; never raises: failures come back as a failed result."""
+    start = time.perf_counter()
+    error = None
+    for attempt in range(1, retries + 2):
+        try:
+            info = fn(cfg, unit) or {}
+            status = "skipped" if info.pop("skipped", False) else "done"
+            return UnitResult(unit, status, attempts=attempt, seconds=time.perf_counter() - start, info=info)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a failed unit is recorded, the step goes on
+            error = f"{type(exc).__name__}: {exc}"
+            if os.environ.get("GEOFM_DEBUG"):
+                traceback.print_exc()
+    return UnitResult(unit, "failed", error=error, attempts=retries + 1, seconds=time.perf_counter() - start)
+
+
+def _progress(step: str, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{step}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        disable=quiet,
+        transient=False,
+    )
+
+
+def map_units(
+    fn: UnitFn,
+    cfg: PipelineConfig,
+    units: Sequence[str],
+    step: str,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> StepReport:
+    """Run ``fn`` over ``units`` in a process pool (inline when one worker), with a progress bar."""
+    n_workers = min(workers or default_workers(cfg), max(1, len(units)))
+    report = StepReport(step)
+    start = time.perf_counter()
+    with _progress(step, quiet) as progress:
+        task = progress.add_task(step, total=len(units), failed=0, rate="")
+
+        def record(r: UnitResult) -> None:
+            report.results.append(r)
+            elapsed = time.perf_counter() - start
+            rate = f"{len(report.results) / elapsed:.2f}/s" if elapsed > 0 else ""
+            progress.update(task, advance=1, failed=report.count("failed"), rate=rate)
+
+        if n_workers <= 1:
+            for u in units:
+                record(run_unit(fn, cfg, u, cfg.retries))
+        else:
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                pending: dict[Future[UnitResult], str] = {
+                    pool.submit(run_unit, fn, cfg, u, cfg.retries): u for u in units
+                }
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        unit = pending.pop(fut)
+                        try:
+                            record(fut.result())
+                        except Exception as exc:  # the worker process itself died
+                            record(UnitResult(unit, "failed", error=f"worker crashed: {exc}"))
+    order = {u: i for i, u in enumerate(units)}
+    report.results.sort(key=lambda r: order.get(r.unit, len(order)))
+    report.seconds = time.perf_counter() - start
+    return report

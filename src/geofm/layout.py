@@ -1,0 +1,150 @@
+"""Every artifact path of the seed layout (../shared/reference/seed-spec.md), one function each.
+
+No other module formats a path. Paths are URLs: a local folder or ``s3://bucket/prefix``.
+The layout follows the spec exactly, with two documented additions: embeddings sit under a
+folder named after the model (so two models' outputs never mix), and run records, step markers
+and the global PCA model live under ``output/<aoi>/runs/`` and ``processed-embeddings/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from geofm.sentinel2 import PROCESSING_LEVEL, parse_scene_id
+
+
+def join(root: str, *parts: str) -> str:
+    """Join URL or path parts with ``/`` (never the OS separator, so s3 and local agree)."""
+    out = root.rstrip("/")
+    for p in parts:
+        p = str(p).strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one AOI's inputs and outputs under a root (local folder or ``s3://bucket/prefix``)."""
+
+    root: str
+    aoi_name: str
+    level: str = PROCESSING_LEVEL
+
+    # ---- input -------------------------------------------------------------------------------
+    @property
+    def input_dir(self) -> str:
+        return join(self.root, "processing", self.aoi_name, "input")
+
+    @property
+    def scenes_dir(self) -> str:
+        return join(self.input_dir, "sentinel2_scenes")
+
+    def scene_metadata(self, scene_id: str) -> str:
+        return join(self.scenes_dir, f"{scene_id}_metadata.json")
+
+    @staticmethod
+    def scene_id_from_metadata(url: str) -> str:
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        return name.removesuffix("_metadata.json")
+
+    @property
+    def aoi_geojson(self) -> str:
+        return join(self.input_dir, "aoi", "aoi.geojson")
+
+    # ---- output ------------------------------------------------------------------------------
+    @property
+    def output_dir(self) -> str:
+        return join(self.root, "output", self.aoi_name)
+
+    @property
+    def meta_dir(self) -> str:
+        return join(self.output_dir, "meta")
+
+    def meta(self, scene_id: str) -> str:
+        return join(self.meta_dir, f"{scene_id}_chip_meta.parquet")
+
+    def _dated_dir(self, artifact: str, scene_id: str) -> str:
+        s = parse_scene_id(scene_id)
+        return join(self.output_dir, artifact, self.level, s.grid, str(s.date.year), str(s.date.month))
+
+    def raw_chip(self, scene_id: str, chip_size: int, x_dim: int, y_dim: int) -> str:
+        return join(
+            self._dated_dir("raw-chips", scene_id), f"{scene_id}_{chip_size}_chipped_{x_dim}_{y_dim}.nc"
+        )
+
+    def rgb_thumbnail(self, scene_id: str, chip_size: int, x_dim: int, y_dim: int) -> str:
+        return join(
+            self._dated_dir("rgb-imgs", scene_id),
+            f"{scene_id}_{chip_size}_rgb_thumbnail_{x_dim}_{y_dim}.png",
+        )
+
+    def embeddings_dir(self, model: str) -> str:
+        return join(self.output_dir, "embeddings", model)
+
+    def embedding(
+        self, kind: str, model: str, scene_id: str, chip_size: int, bands: str, x_dim: int, y_dim: int
+    ) -> str:
+        """``kind`` is ``cls`` or ``patch``; ``bands`` a band tag such as ``red_green_blue_nir``."""
+        if kind not in ("cls", "patch"):
+            raise ValueError(f"embedding kind must be 'cls' or 'patch', not {kind!r}")
+        s = parse_scene_id(scene_id)
+        folder = join(
+            self.embeddings_dir(model), self.level, s.grid, str(s.date.year), str(s.date.month)
+        )
+        return join(folder, f"{scene_id}_{chip_size}_chip_{kind}_embeddings_{bands}_{x_dim}_{y_dim}.npy")
+
+    def unique_chip_ids_dir(self, grid: str) -> str:
+        return join(self.output_dir, "unique-chip-ids", grid)
+
+    def unique_chip_id(self, grid: str, x_dim: int, y_dim: int) -> str:
+        return join(self.unique_chip_ids_dir(grid), f"{x_dim}_{y_dim}.txt")
+
+    def processed_embeddings_dir(self, grid: str) -> str:
+        return join(self.output_dir, "processed-embeddings", grid)
+
+    def processed_embeddings(self, grid: str, x_dim: int, y_dim: int) -> str:
+        return join(self.processed_embeddings_dir(grid), f"{x_dim}_{y_dim}_processed_embeddings.parquet")
+
+    def reducer_model(self, name: str = "pca") -> str:
+        """The globally fitted reducer (PCA) that every chip is projected with."""
+        return join(self.output_dir, "processed-embeddings", f"{name}_model.npz")
+
+    def consolidated_dir(self, grid: str) -> str:
+        return join(self.output_dir, "consolidated-output", grid)
+
+    def consolidated_output(self, grid: str) -> str:
+        return join(self.consolidated_dir(grid), "consolidated_output.parquet")
+
+    def chip_grid_aoi(self, grid: str) -> str:
+        return join(self.consolidated_dir(grid), "chip_grid_aoi.geojson")
+
+    def chip_grid_full_tile(self, grid: str) -> str:
+        return join(self.consolidated_dir(grid), "chip_grid_full_s2_tile.geojson")
+
+    def change_intensity(self, grid: str) -> str:
+        return join(self.consolidated_dir(grid), "chip_grid_change_intensity.geojson")
+
+    def frontend_config(self, grid: str) -> str:
+        return join(self.consolidated_dir(grid), f"config_{self.aoi_name}.json")
+
+    @property
+    def lance_db(self) -> str:
+        return join(self.output_dir, "lance-db")
+
+    LANCE_TABLE = "vector_db"
+
+    # ---- run bookkeeping ---------------------------------------------------------------------
+    @property
+    def runs_dir(self) -> str:
+        return join(self.output_dir, "runs")
+
+    def run_record(self, run_id: str) -> str:
+        return join(self.runs_dir, f"{run_id}.json")
+
+    def marker(self, step: str, unit: str) -> str:
+        """Written last by a unit of work, after its outputs: its presence means 'complete'."""
+        return join(self.runs_dir, "markers", step, f"{unit}.json")
+
+    def markers_dir(self, step: str) -> str:
+        return join(self.runs_dir, "markers", step)

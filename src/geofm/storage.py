@@ -1,0 +1,197 @@
+"""Read, write, list and check URLs: local paths and ``s3://`` (fsspec/s3fs), with atomic writes.
+
+S3-compatible endpoints (MinIO, moto) are taken from ``AWS_ENDPOINT_URL``; GDAL gets the matching
+``AWS_S3_ENDPOINT`` settings from :func:`gdal_env` so rasterio reads the same bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+
+
+def is_s3(url: str) -> bool:
+    return str(url).startswith("s3://")
+
+
+def is_remote(url: str) -> bool:
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+def _local(url: str) -> str:
+    return str(url).removeprefix("file://")
+
+
+@lru_cache(maxsize=4)
+def _s3fs(endpoint: str | None) -> fsspec.AbstractFileSystem:
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        kwargs["client_kwargs"] = {"endpoint_url": endpoint}
+    return fsspec.filesystem("s3", skip_instance_cache=True, **kwargs)
+
+
+def filesystem(url: str) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem for a URL (local or s3, honouring ``AWS_ENDPOINT_URL``)."""
+    if is_s3(url):
+        return _s3fs(os.environ.get("AWS_ENDPOINT_URL") or None)
+    if is_remote(url):
+        return fsspec.filesystem(urlparse(url).scheme)
+    return fsspec.filesystem("file")
+
+
+def exists(url: str) -> bool:
+    if not is_remote(url):
+        return os.path.exists(_local(url))
+    return filesystem(url).exists(url)
+
+
+def read_bytes(url: str) -> bytes:
+    if not is_remote(url):
+        return Path(_local(url)).read_bytes()
+    with filesystem(url).open(url, "rb") as f:
+        return f.read()
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def read_json(url: str) -> Any:
+    """Parse a JSON file; a broken file raises ``ValueError`` naming the URL."""
+    try:
+        return json.loads(read_bytes(url))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{url}: not valid JSON ({exc})") from exc
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write atomically: a local file appears complete or not at all; an S3 PUT is atomic already."""
+    if not is_remote(url):
+        path = Path(_local(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    with filesystem(url).open(url, "wb") as f:
+        f.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def write_json(url: str, obj: Any, indent: int | None = 2) -> None:
+    write_text(url, json.dumps(obj, indent=indent, default=str))
+
+
+def upload_file(local_path: str | Path, url: str) -> None:
+    """Copy a finished local file to ``url`` atomically (used for files libraries write to disk)."""
+    if not is_remote(url):
+        dest = Path(_local(url))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    filesystem(url).put_file(str(local_path), url)
+
+
+@contextlib.contextmanager
+def local_file_for_write(url: str, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary local path; when the block succeeds it is moved/uploaded to ``url``."""
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="geofm-")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        upload_file(tmp, url)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def local_file_for_read(url: str, suffix: str = "") -> Iterator[Path]:
+    """Yield a local path holding the content of ``url`` (the file itself when it is local)."""
+    if not is_remote(url):
+        yield Path(_local(url))
+        return
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="geofm-")
+    os.close(fd)
+    try:
+        filesystem(url).get_file(url, tmp)
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def list_files(url: str, suffix: str = "") -> list[str]:
+    """Files directly under a folder URL whose names end with ``suffix``, sorted; [] if none."""
+    if not is_remote(url):
+        folder = Path(_local(url))
+        if not folder.is_dir():
+            return []
+        return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(suffix)
+                      and not p.name.startswith("."))
+    fs = filesystem(url)
+    try:
+        entries = fs.ls(url, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in entries:
+        if e.get("type") == "file" and e["name"].endswith(suffix):
+            out.append("s3://" + e["name"] if is_s3(url) and not e["name"].startswith("s3://") else e["name"])
+    return sorted(out)
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    """Delete a file (or a folder with ``recursive``); missing targets are fine."""
+    if not is_remote(url):
+        p = Path(_local(url))
+        if p.is_dir() and recursive:
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        return
+    fs = filesystem(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(url, recursive=recursive)
+
+
+def ensure_writable(url: str) -> None:
+    """Check that ``url`` (a folder) can be written, by writing and removing a probe object."""
+    probe = url.rstrip("/") + f"/.geofm-write-probe-{uuid.uuid4().hex}"
+    try:
+        write_bytes(probe, b"ok")
+        remove(probe)
+    except Exception as exc:  # any backend error means "not writable" to the user
+        raise PermissionError(f"output location {url!r} is not writable: {exc}") from exc
+
+
+def gdal_env() -> dict[str, str]:
+    """GDAL config options so rasterio reads ``s3://`` from the endpoint in ``AWS_ENDPOINT_URL``."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    opts: dict[str, str] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_USE_HEAD": "NO"}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        opts["AWS_S3_ENDPOINT"] = parsed.netloc
+        opts["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
+        opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    return opts
