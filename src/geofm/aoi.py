@@ -45,12 +45,13 @@ def parse_aoi(obj: Any, source: str = "AOI") -> BaseGeometry:
     if not polys:
         found = sorted({str(g.get("type")) for g in geoms}) or ["nothing"]
         raise AoiError(f"{source}: no Polygon or MultiPolygon found (found {', '.join(found)})")
+    for poly in polys:
+        if not poly.is_empty and not poly.is_valid:
+            reason = shapely.is_valid_reason(poly)
+            raise AoiError(f"{source}: invalid geometry ({reason}); fix it, e.g. with shapely make_valid")
     geom = shapely.union_all(polys)
     if geom.is_empty or geom.area == 0:
         raise AoiError(f"{source}: the AOI geometry is empty")
-    if not geom.is_valid:
-        reason = shapely.is_valid_reason(geom)
-        raise AoiError(f"{source}: invalid geometry ({reason}); fix it, e.g. with shapely make_valid")
     minx, miny, maxx, maxy = geom.bounds
     if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:
         raise AoiError(f"{source}: coordinates outside WGS84 lon/lat ranges (bounds {geom.bounds}); "
