@@ -65,7 +65,13 @@ def map_units(
     workers: int | None = None,
     quiet: bool = False,
 ) -> StepReport:
-    """Run ``fn`` over ``units`` in a process pool (inline when one worker), with a progress bar."""
+    """Run ``fn`` over ``units`` in a process pool (inline when one worker), with a progress bar.
+
+    Units whose completion marker matches the current parameters are skipped (see ``markers``).
+    """
+    from geofm.markers import resumable
+
+    fn = resumable(fn, cfg, step)
     n_workers = min(workers or default_workers(cfg), max(1, len(units)))
     report = StepReport(step)
     start = time.perf_counter()
