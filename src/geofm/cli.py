@@ -155,6 +155,62 @@ def consolidate(
     finish(step.run(cfg, quiet=quiet))
 
 
+@app.command()
+def run(
+    config: ConfigOpt = None, aoi: AoiOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
+    start: StartOpt = None, end: EndOpt = None, set_: SetOpt = None, quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    steps: Annotated[str | None, typer.Option("--steps", help="Comma-separated steps (default all).")] = None,
+    skip_discover: Annotated[bool, typer.Option("--skip-discover", help="Use the scenes already in the "
+                                                "input folder.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show parameters and the plan only.")] = False,
+    executor: Annotated[str | None, typer.Option("--executor", help="local or ray.")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name.")] = None,
+) -> None:
+    """Run the pipeline: discover, preprocess, embed, analyze, consolidate (resumable)."""
+    from geofm import pipeline
+
+    cfg = build_config(config, aoi, aoi_name, out, start, end, set_, force=force or None,
+                       executor=executor, ray_address=ray_address, model=model)
+    chosen = [s.strip() for s in steps.split(",")] if steps else list(pipeline.STEPS)
+    if skip_discover and "discover" in chosen:
+        chosen.remove("discover")
+    console.print("[bold]parameters[/bold]\n" + cfg.to_yaml())
+    try:
+        pipeline.check_inputs(cfg, chosen)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        fail(str(exc))
+    if dry_run:
+        import json
+
+        console.print("[bold]plan[/bold]\n" + json.dumps(pipeline.plan(cfg, chosen), indent=2))
+        return
+    record = pipeline.run_pipeline(cfg, chosen, quiet=quiet)
+    console.print(record.summary())
+    console.print(f"run record: {cfg.layout.run_record(record.run_id)}")
+    if not record.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "demo-output",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model (spectral needs no weights).")] = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Synthesize a small AOI with planted change and run the whole pipeline on it, offline."""
+    from geofm.demo import run_demo
+
+    raise typer.Exit(run_demo(out, model=model, quiet=quiet))
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print every pipeline parameter with its resolved value (YAML, usable as --config)."""
+    typer.echo(build_config(config, set_=set_).to_yaml())
+
+
 def main() -> None:
     app()
 
