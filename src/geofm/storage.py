@@ -195,3 +195,26 @@ def gdal_env() -> dict[str, str]:
         opts["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
         opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
     return opts
+
+
+def lancedb_storage_options(uri: str) -> dict[str, str]:
+    """LanceDB ``storage_options`` for ``uri``: {} when local; for ``s3://`` the endpoint, region and keys
+    from the AWS_* environment (keys left to the default chain when unset), so LanceDB writes the same
+    bucket as fsspec and GDAL, S3-compatible servers (MinIO, moto) included."""
+    if not is_s3(uri):
+        return {}
+    opts: dict[str, str] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["aws_endpoint"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["allow_http"] = "true"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        opts["aws_region"] = region
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if os.environ.get(var):
+            opts[var.lower()] = os.environ[var]
+    if endpoint:  # path-style addressing: S3-compatible servers rarely serve bucket subdomains
+        opts["aws_virtual_hosted_style_request"] = "false"
+    return opts
