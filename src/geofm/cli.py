@@ -211,6 +211,46 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     typer.echo(build_config(config, set_=set_).to_yaml())
 
 
+@app.command()
+def search(
+    chip: Annotated[str, typer.Option("--chip", help="Query chip id, e.g. 3_4.")],
+    date_: Annotated[str, typer.Option("--date", help="Date of the query chip, YYYY-MM-DD.")],
+    config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
+    start: StartOpt = None, end: EndOpt = None, set_: SetOpt = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Keep scores >= this.")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", help="MGRS grid filter (repeatable).")] = None,
+    bbox: Annotated[str | None, typer.Option("--bbox", help="minx,miny,maxx,maxy (WGS84).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
+) -> None:
+    """The chips most similar (cosine, class embeddings) to a chip at a date, from the LanceDB table."""
+    from rich.table import Table
+
+    from geofm.vectordb import VectorDBError
+    from geofm.vectordb import search as run_search
+
+    cfg = build_config(config, None, aoi_name, out, None, None, set_)
+    date_range = (_date(start, "--start"), _date(end, "--end")) if (start or end) else None
+    query_date = _date(date_, "--date")
+    try:
+        hits = run_search(cfg.layout.lance_db, chip_id=chip, date=query_date, k=k, min_score=min_score,
+                          date_range=date_range, grids=grid, bbox=bbox)
+    except VectorDBError as exc:
+        fail(str(exc))
+    cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "s3_location_png_thumbnail")
+            if c in hits.columns]
+    if as_json:
+        typer.echo(hits[cols].to_json(orient="records", date_format="iso", indent=2))
+        return
+    table = Table(title=f"most similar to chip {chip} on {query_date}")
+    for c in cols:
+        table.add_column(c)
+    for _, row in hits[cols].iterrows():
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v)[:10] if c == "date" else str(v)
+                        for c, v in row.items()])
+    Console().print(table)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,274 @@
+"""The LanceDB vector database of chip embeddings: bulk load (one committer), indices, and search.
+
+One row per chip and date (columns in docs/formats.md). Search is cosine: ``score = 1 - distance``.
+Works for a local folder or ``s3://`` URI; S3-compatible endpoints come from ``AWS_ENDPOINT_URL``
+(see :func:`storage_options`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import lancedb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from lancedb.index import BTree, IvfPq
+
+from geofm.storage import is_s3
+
+DEFAULT_TABLE = "vector_db"
+SCALAR_INDEX_COLUMNS = ("chip_id", "date", "mgrs_grid")
+# ANN search knobs: probe enough IVF partitions and re-rank with exact distances so recall stays high.
+DEFAULT_NPROBES = 20
+DEFAULT_REFINE_FACTOR = 10
+
+
+class VectorDBError(ValueError):
+    """A search or load request that cannot be served; the message names the input."""
+
+
+def storage_options(uri: str) -> dict[str, str] | None:
+    """Object-store options for LanceDB on ``s3://`` from the environment (endpoint, region, keys)."""
+    if not is_s3(uri):
+        return None
+    opts: dict[str, str] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["aws_endpoint"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["allow_http"] = "true"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        opts["aws_region"] = region
+    for env, key in (("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+                     ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+                     ("AWS_SESSION_TOKEN", "aws_session_token")):
+        if os.environ.get(env):
+            opts[key] = os.environ[env]
+    return opts
+
+
+def connect(uri: str) -> lancedb.DBConnection:
+    """Open (or create) the LanceDB database at a local folder or ``s3://`` URI."""
+    return lancedb.connect(uri, storage_options=storage_options(uri))
+
+
+def _sql_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _sql_date(value: date | str) -> str:
+    d = value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+    return f"date '{d.isoformat()}'"
+
+
+def open_table(db_uri: str, table: str = DEFAULT_TABLE) -> Any:
+    """The table, or a clear error naming the database and the tables it does hold."""
+    db = connect(db_uri)
+    names = list(db.list_tables().tables)
+    if table not in names:
+        raise VectorDBError(f"no table {table!r} in vector DB {db_uri!r} (tables: {names or 'none'})")
+    return db.open_table(table)
+
+
+def ivf_pq_params(n_rows: int, dim: int) -> tuple[int, int]:
+    """IVF partitions (~sqrt(n)) and PQ sub-vectors (a divisor of ``dim`` near dim/16)."""
+    partitions = max(1, min(4096, int(math.sqrt(n_rows))))
+    target = max(1, dim // 16)
+    sub = max(d for d in range(1, target + 1) if dim % d == 0)
+    return partitions, sub
+
+
+def build_indices(tbl: Any, index_min_rows: int) -> dict[str, Any]:
+    """Scalar (BTree) indices on chip_id/date/mgrs_grid; a cosine IVF-PQ index from ``index_min_rows``."""
+    n = tbl.count_rows()
+    names = set(tbl.schema.names)
+    for col in SCALAR_INDEX_COLUMNS:
+        if col in names and n:
+            tbl.create_index(col, config=BTree(), replace=True)
+    vector_index = False
+    if n >= index_min_rows and n >= 256:  # PQ training needs a few hundred rows
+        dim = tbl.schema.field("vector").type.list_size
+        partitions, sub = ivf_pq_params(n, dim)
+        tbl.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=partitions,
+                                                num_sub_vectors=sub), replace=True)
+        vector_index = True
+    return {"rows": n, "vector_index": vector_index}
+
+
+def rows_table(df: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
+    """Arrow rows for the table: ``df``'s columns with ``date`` as a date and ``vector`` float32 [N, D]."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(df):
+        raise VectorDBError(f"vectors of shape {vectors.shape} do not match {len(df)} rows")
+    df = df.reset_index(drop=True).copy()
+    if "date" in df.columns:
+        df["date"] = pd.to_datetime(df["date"], utc=True).dt.tz_localize(None).dt.date
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if "date" in table.schema.names:
+        table = table.set_column(table.schema.get_field_index("date"), "date",
+                                 table.column("date").cast(pa.date32()))
+    # pandas 3 strings arrive as large_string, which LanceDB's BTree index refuses: use plain strings.
+    fields = [pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema]
+    table = table.cast(pa.schema(fields))
+    return table.append_column("vector", vec).replace_schema_metadata(None)
+
+
+def replace_aoi_rows(
+    db_uri: str, rows: pa.Table, aoi_name: str, table: str = DEFAULT_TABLE, index_min_rows: int = 100_000
+) -> dict[str, Any]:
+    """Write ``rows`` (all of one AOI) in one commit, replacing that AOI's earlier rows, then index.
+
+    The table is overwritten when it holds only this AOI (or nothing); otherwise the AOI's rows are
+    deleted and the new ones appended, so a rerun never duplicates rows.
+    """
+    if "vector" not in rows.schema.names:
+        raise VectorDBError("rows for the vector DB need a 'vector' column")
+    db = connect(db_uri)
+    if table not in list(db.list_tables().tables):
+        tbl = db.create_table(table, rows)
+    else:
+        tbl = db.open_table(table)
+        others = tbl.count_rows(f"aoi_name != {_sql_str(aoi_name)}") if "aoi_name" in tbl.schema.names \
+            else tbl.count_rows()
+        if others == 0:
+            tbl = db.create_table(table, rows, mode="overwrite")
+        else:
+            tbl.delete(f"aoi_name = {_sql_str(aoi_name)}")
+            try:
+                tbl.add(rows)
+            except Exception as exc:
+                raise VectorDBError(
+                    f"cannot add AOI {aoi_name!r} to table {table!r} in {db_uri!r}, which holds other AOIs "
+                    f"with another schema (model or embedding size?): {exc}"
+                ) from exc
+    return build_indices(tbl, index_min_rows)
+
+
+def _filters(
+    date_: date | str | None,
+    date_range: tuple[date | str | None, date | str | None] | None,
+    grids: Sequence[str] | None,
+    bbox: Sequence[float] | None,
+) -> list[str]:
+    out: list[str] = []
+    if date_ is not None:
+        out.append(f"date = {_sql_date(date_)}")
+    if date_range is not None:
+        start, end = date_range
+        if start is not None:
+            out.append(f"date >= {_sql_date(start)}")
+        if end is not None:
+            out.append(f"date <= {_sql_date(end)}")
+    if grids:
+        out.append(f"mgrs_grid IN ({', '.join(_sql_str(g) for g in grids)})")
+    if bbox is not None:
+        minx, miny, maxx, maxy = parse_bbox(bbox)
+        out.append(f"maxx >= {minx} AND minx <= {maxx} AND maxy >= {miny} AND miny <= {maxy}")
+    return out
+
+
+def parse_bbox(bbox: Sequence[float] | str) -> tuple[float, float, float, float]:
+    """``minx,miny,maxx,maxy`` (WGS84 degrees) as a tuple; a malformed box raises naming it."""
+    try:
+        vals = [float(v) for v in (bbox.split(",") if isinstance(bbox, str) else bbox)]
+    except (TypeError, ValueError):
+        raise VectorDBError(f"bbox {bbox!r}: expected four numbers minx,miny,maxx,maxy") from None
+    if len(vals) != 4:
+        raise VectorDBError(f"bbox {bbox!r}: expected four numbers minx,miny,maxx,maxy, got {len(vals)}")
+    minx, miny, maxx, maxy = vals
+    if minx > maxx or miny > maxy:
+        raise VectorDBError(f"bbox {bbox!r}: min exceeds max")
+    return minx, miny, maxx, maxy
+
+
+def query_vector(
+    tbl: Any, chip_id: str, date_: date | str, grids: Sequence[str] | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The stored class embedding of a chip at a date; unknown chip/date raise naming what exists."""
+    where = f"chip_id = {_sql_str(chip_id)} AND date = {_sql_date(date_)}"
+    hits = tbl.search().where(where).limit(1000).to_pandas()
+    if len(hits) > 1 and grids:  # the same chip id in several grids: the grid filter picks one
+        hits = hits[hits["mgrs_grid"].isin(list(grids))]
+    if hits.empty:
+        dates = tbl.search().where(f"chip_id = {_sql_str(chip_id)}").select(["date"]).limit(10_000) \
+            .to_pandas()
+        if dates.empty:
+            raise VectorDBError(f"chip {chip_id!r} is not in the vector DB")
+        known = ", ".join(sorted({str(pd.Timestamp(d).date()) for d in dates["date"]}))
+        raise VectorDBError(f"chip {chip_id!r} has no row for date {str(date_)[:10]}; its dates: {known}")
+    if len(hits) > 1:
+        raise VectorDBError(
+            f"chip {chip_id!r} at {str(date_)[:10]} exists in several MGRS grids "
+            f"({', '.join(sorted(hits['mgrs_grid']))}); pass grids=[...] (--grid) to choose one"
+        )
+    row = hits.iloc[0].to_dict()
+    return np.asarray(row.pop("vector"), dtype=np.float32), row
+
+
+def search(
+    db_uri: str,
+    chip_id: str | None = None,
+    date: date | str | None = None,
+    vector: Sequence[float] | np.ndarray | None = None,
+    k: int = 10,
+    min_score: float | None = None,
+    date_range: tuple[Any, Any] | None = None,
+    grids: Sequence[str] | None = None,
+    bbox: Sequence[float] | str | None = None,
+    table: str = DEFAULT_TABLE,
+    exclude_query_chip: bool = True,
+    exact: bool = False,
+    nprobes: int = DEFAULT_NPROBES,
+    refine_factor: int | None = DEFAULT_REFINE_FACTOR,
+) -> pd.DataFrame:
+    """The ``k`` rows most similar (cosine) to a chip at a date, or to ``vector``, best first.
+
+    Filters: ``date_range`` (inclusive ``(start, end)``, either may be None), MGRS ``grids`` and a WGS84
+    ``bbox`` (rows whose chip box meets it). The query chip's own rows are left out unless
+    ``exclude_query_chip`` is False. ``exact`` bypasses the ANN index (brute force). Columns: chip_id,
+    date, score (1 - cosine distance), mgrs_grid, s3_location_png_thumbnail and the other stored
+    columns except the vector.
+    """
+    if k < 1:
+        raise VectorDBError(f"k must be at least 1, got {k}")
+    if min_score is not None and not -1.0 <= min_score <= 1.0:
+        raise VectorDBError(f"min_score must lie in [-1, 1], got {min_score}")
+    tbl = open_table(db_uri, table)
+    where = _filters(None, date_range, grids, bbox)
+    if vector is None:
+        if chip_id is None or date is None:
+            raise VectorDBError("search needs chip_id and date, or a vector")
+        qvec, qrow = query_vector(tbl, chip_id, date, grids)
+        if exclude_query_chip:
+            where.append(f"NOT (chip_id = {_sql_str(chip_id)} AND mgrs_grid = {_sql_str(qrow['mgrs_grid'])})")
+    else:
+        qvec = np.asarray(vector, dtype=np.float32).ravel()
+        dim = tbl.schema.field("vector").type.list_size
+        if qvec.shape[0] != dim:
+            raise VectorDBError(f"query vector has {qvec.shape[0]} values; the table holds {dim}-d vectors")
+        if chip_id is not None and exclude_query_chip:
+            where.append(f"chip_id != {_sql_str(chip_id)}")
+    if not np.all(np.isfinite(qvec)) or not np.any(qvec):
+        raise VectorDBError("query vector is zero or not finite; cosine similarity is undefined")
+    q = tbl.search(qvec, vector_column_name="vector").distance_type("cosine").limit(k)
+    if where:
+        q = q.where(" AND ".join(where), prefilter=True)
+    if exact:
+        q = q.bypass_vector_index()
+    else:
+        q = q.nprobes(nprobes)
+        if refine_factor:
+            q = q.refine_factor(refine_factor)
+    df = q.to_pandas()
+    df = df.drop(columns=[c for c in ("vector",) if c in df.columns])
+    df.insert(2, "score", 1.0 - df.pop("_distance").astype(float))
+    if min_score is not None:
+        df = df[df["score"] >= min_score]
+    return df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
