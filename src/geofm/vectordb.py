@@ -2,13 +2,12 @@
 
 One row per chip and date (columns in docs/formats.md). Search is cosine: ``score = 1 - distance``.
 Works for a local folder or ``s3://`` URI; S3-compatible endpoints come from ``AWS_ENDPOINT_URL``
-(see :func:`storage_options`).
+(see :func:`geofm.storage.lancedb_storage_options`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
@@ -19,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 from lancedb.index import BTree, IvfPq
 
-from geofm.storage import is_s3
+from geofm.storage import lancedb_storage_options
 
 DEFAULT_TABLE = "vector_db"
 SCALAR_INDEX_COLUMNS = ("chip_id", "date", "mgrs_grid")
@@ -32,30 +31,9 @@ class VectorDBError(ValueError):
     """A search or load request that cannot be served; the message names the input."""
 
 
-def storage_options(uri: str) -> dict[str, str] | None:
-    """Object-store options for LanceDB on ``s3://`` from the environment (endpoint, region, keys)."""
-    if not is_s3(uri):
-        return None
-    opts: dict[str, str] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        opts["aws_endpoint"] = endpoint
-        if endpoint.startswith("http://"):
-            opts["allow_http"] = "true"
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        opts["aws_region"] = region
-    for env, key in (("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
-                     ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
-                     ("AWS_SESSION_TOKEN", "aws_session_token")):
-        if os.environ.get(env):
-            opts[key] = os.environ[env]
-    return opts
-
-
 def connect(uri: str) -> lancedb.DBConnection:
     """Open (or create) the LanceDB database at a local folder or ``s3://`` URI."""
-    return lancedb.connect(uri, storage_options=storage_options(uri))
+    return lancedb.connect(uri, storage_options=lancedb_storage_options(uri) or None)
 
 
 def _sql_str(value: str) -> str:
