@@ -1,0 +1,198 @@
+"""Step 1: cut each scene into chips on its native UTM grid (NetCDF + PNG) and write its chip meta.
+
+One scene is one unit of work. Only the chips that meet the AOI are made (all with ``whole_tile``),
+and only their windows are read from the COGs, chip by chip, so memory stays bounded by a chip.
+File contents follow docs/formats.md; the meta GeoParquet is written last, so its presence (with
+every file it lists) means the scene is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from affine import Affine
+from shapely.geometry.base import BaseGeometry
+
+from geofm import sentinel2, storage, thumbnails
+from geofm.aoi import load_aoi
+from geofm.chips import WGS84, Chip, ChipGrid
+from geofm.config import PipelineConfig
+from geofm.executors import map_units
+from geofm.report import StepReport
+from geofm.scene import SceneReader, item_datetime, load_item
+
+STEP = "preprocess"
+NETCDF_ENGINE = "h5netcdf"
+NETCDF_COMPLEVEL = 4
+log = logging.getLogger(__name__)
+
+META_COLUMNS = [
+    "x_dim", "y_dim", "chip_id", "date", "datetime", "aoi_name", "origin_tile", "mgrs_grid", "chip_size",
+    "gsd", "file_name", "geometry", "crs", "utm_minx", "utm_miny", "utm_maxx", "utm_maxy", "centroid_lat",
+    "centroid_lon", "cloud_cover_perc", "missing_data_perc", "s3_location_netcdf",
+    "s3_location_png_thumbnail",
+]
+
+
+def units(cfg: PipelineConfig) -> list[str]:
+    """Scene ids of the items in the input layout (``<scene_id>_metadata.json``), sorted."""
+    layout = cfg.layout
+    return [layout.scene_id_from_metadata(u) for u in storage.list_files(layout.scenes_dir, "_metadata.json")]
+
+
+def aoi_url(cfg: PipelineConfig) -> str:
+    """The AOI this step selects chips with: ``cfg.aoi`` if given, else the one in the input layout."""
+    return cfg.aoi or cfg.layout.aoi_geojson
+
+
+def _aoi(cfg: PipelineConfig) -> BaseGeometry | None:
+    return None if cfg.whole_tile else load_aoi(aoi_url(cfg))
+
+
+# ---- quality shares -------------------------------------------------------------------------------
+def cloud_share(scl: np.ndarray) -> float:
+    """Share of valid SCL pixels (class != 0) in the cloud classes; 1.0 when no SCL pixel is valid."""
+    valid = scl != sentinel2.NODATA
+    n = int(valid.sum())
+    if n == 0:
+        return 1.0
+    return float(np.isin(scl[valid], list(sentinel2.SCL_CLOUD_CLASSES)).sum() / n)
+
+
+def missing_share(bands: list[np.ndarray]) -> float:
+    """Share of chip pixels where any band is nodata (NaN)."""
+    missing = np.zeros(bands[0].shape, bool)
+    for b in bands:
+        missing |= np.isnan(b)
+    return float(missing.mean())
+
+
+# ---- the chip NetCDF ------------------------------------------------------------------------------
+def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
+                 attrs: dict[str, Any], when: pd.Timestamp) -> xr.Dataset:
+    """The chip datacube of docs/formats.md: one float32 variable per band, ``scl``, CF grid mapping."""
+    t, (col, row) = grid.transform, (int(chip.window.col_off), int(chip.window.row_off))
+    n = grid.chip_size
+    x = t.c + (col + np.arange(n) + 0.5) * t.a
+    y = t.f + (row + np.arange(n) + 0.5) * t.e
+    variables = {b: (("y", "x"), data[b].astype(np.float32)) for b in bands}
+    variables[sentinel2.SCL_NAME] = (("y", "x"), data[sentinel2.SCL_NAME].astype(np.uint8))
+    ds = xr.Dataset(variables, coords={"x": x, "y": y, "time": np.datetime64(when.tz_convert(None), "ns")})
+    ds = ds.rio.write_crs(grid.crs).rio.write_transform(t * Affine.translation(col, row))
+    for v in ds.data_vars:
+        ds[v].attrs["grid_mapping"] = "spatial_ref"
+        # list spatial_ref among the coordinates, so plain xr.open_dataset(...).rio.crs finds it
+        ds[v].encoding["coordinates"] = "time spatial_ref"
+    ds["x"].attrs.update(units="m", standard_name="projection_x_coordinate", long_name="pixel centre x")
+    ds["y"].attrs.update(units="m", standard_name="projection_y_coordinate", long_name="pixel centre y")
+    ds.attrs = attrs
+    return ds
+
+
+def netcdf_bytes(ds: xr.Dataset) -> bytes:
+    encoding = {v: {"zlib": True, "complevel": NETCDF_COMPLEVEL} for v in ds.data_vars}
+    return bytes(ds.to_netcdf(engine=NETCDF_ENGINE, encoding=encoding))
+
+
+# ---- meta ---------------------------------------------------------------------------------------
+def _meta_frame(rows: list[dict[str, Any]]) -> gpd.GeoDataFrame:
+    if not rows:
+        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in META_COLUMNS if c != "geometry"})
+        return gpd.GeoDataFrame(empty, geometry=gpd.GeoSeries([], crs=WGS84), crs=WGS84)[META_COLUMNS]
+    return gpd.GeoDataFrame(pd.DataFrame(rows), geometry="geometry", crs=WGS84)[META_COLUMNS]
+
+
+def write_meta(url: str, rows: list[dict[str, Any]]) -> None:
+    buf = io.BytesIO()
+    _meta_frame(rows).to_parquet(buf, index=False)
+    storage.write_bytes(url, buf.getvalue())
+
+
+def read_meta(url: str) -> gpd.GeoDataFrame:
+    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+
+
+def is_complete(cfg: PipelineConfig, scene_id: str) -> bool:
+    """The scene's meta exists, was made with this chip size, and every file it lists exists."""
+    url = cfg.layout.meta(scene_id)
+    if not storage.exists(url):
+        return False
+    try:
+        meta = read_meta(url)
+    except Exception:  # a foreign or torn file counts as absent
+        return False
+    if len(meta) and (meta["chip_size"] != cfg.chip_size).any():
+        return False
+    files = [*meta["s3_location_netcdf"], *meta["s3_location_png_thumbnail"]]
+    return all(storage.exists(f) for f in files)
+
+
+# ---- one scene ----------------------------------------------------------------------------------
+def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
+    """Chip one scene; ``{"skipped": True}`` when its outputs are complete (unless ``cfg.force``)."""
+    layout = cfg.layout
+    if not cfg.force and is_complete(cfg, scene_id):
+        return {"skipped": True}
+    grid_code = sentinel2.parse_scene_id(scene_id).grid
+    item_url = layout.scene_metadata(scene_id)
+    item = load_item(item_url, scene_id)
+    when = item_datetime(item)
+    aoi = _aoi(cfg)
+    bands = list(cfg.s2_bands)
+    read_bands = bands + [b for b in sentinel2.RGB_BANDS if b not in bands]
+    rows: list[dict[str, Any]] = []
+    with SceneReader(item, read_bands, scene_id, item_url) as reader:
+        grid = reader.grid(cfg.chip_size)
+        chips = list(grid.all_chips()) if aoi is None else grid.chips_meeting(aoi)
+        for chip in chips:
+            data = reader.read_chip(grid, chip)
+            rows.append(_write_chip(cfg, scene_id, grid_code, grid, chip, data, bands, when,
+                                    reader.offset))
+    write_meta(layout.meta(scene_id), rows)  # last: its presence means the scene is complete
+    return {"chips": len(rows), "grid": f"{grid.n_cols}x{grid.n_rows}", "crs": grid.crs}
+
+
+def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGrid, chip: Chip,
+                data: dict[str, np.ndarray], bands: list[str], when: pd.Timestamp, offset: int
+                ) -> dict[str, Any]:
+    layout, size = cfg.layout, cfg.chip_size
+    lon, lat = grid.centroid_wgs84(chip)
+    attrs: dict[str, Any] = {
+        "scene_id": scene_id, "mgrs_grid": grid_code, "chip_id": chip.chip_id, "x_dim": chip.x_dim,
+        "y_dim": chip.y_dim, "chip_size": size, "gsd": grid.gsd, "crs": grid.crs, "bands": bands,
+        "wavelengths": [sentinel2.band(b).wavelength for b in bands], "datetime": when.isoformat(),
+        "centroid_lat": lat, "centroid_lon": lon, "boa_offset_subtracted": offset,
+    }
+    nc_url = layout.raw_chip(scene_id, size, chip.x_dim, chip.y_dim)
+    png_url = layout.rgb_thumbnail(scene_id, size, chip.x_dim, chip.y_dim)
+    storage.write_bytes(nc_url, netcdf_bytes(chip_dataset(data, bands, grid, chip, attrs, when)))
+    storage.write_bytes(png_url, thumbnails.rgb_png(*(data[b] for b in sentinel2.RGB_BANDS)))
+    minx, miny, maxx, maxy = chip.bounds
+    return {
+        "x_dim": chip.x_dim, "y_dim": chip.y_dim, "chip_id": chip.chip_id, "date": when.normalize(),
+        "datetime": when, "aoi_name": cfg.aoi_name, "origin_tile": scene_id, "mgrs_grid": grid_code,
+        "chip_size": size, "gsd": grid.gsd, "file_name": nc_url.rsplit("/", 1)[-1],
+        "geometry": grid.polygon_wgs84(chip), "crs": grid.crs, "utm_minx": minx, "utm_miny": miny,
+        "utm_maxx": maxx, "utm_maxy": maxy, "centroid_lat": lat, "centroid_lon": lon,
+        "cloud_cover_perc": cloud_share(data[sentinel2.SCL_NAME]),
+        "missing_data_perc": missing_share([data[b] for b in bands]),
+        "s3_location_netcdf": nc_url, "s3_location_png_thumbnail": png_url,
+    }
+
+
+def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
+    """Chip every scene of the input layout in parallel; failures are reported, the others finish."""
+    if not cfg.whole_tile:
+        load_aoi(aoi_url(cfg))  # a bad or missing AOI is an error before any work
+    scenes = units(cfg)
+    if not scenes:
+        log.warning("no scene items under %s; run `geofm discover` (or `geofm synth`) first",
+                    cfg.layout.scenes_dir)
+    return map_units(process_unit, cfg, scenes, STEP, workers=cfg.workers, quiet=quiet)
