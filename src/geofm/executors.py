@@ -64,17 +64,33 @@ def map_units(
     step: str,
     workers: int | None = None,
     quiet: bool = False,
+    *,
+    model_actor: bool = False,
+    actor_setup: Callable[[PipelineConfig], Any] | None = None,
 ) -> StepReport:
-    """Run ``fn`` over ``units`` in a process pool (inline when one worker), with a progress bar.
+    """Run ``fn`` over ``units`` with a progress bar: a local process pool (inline when one worker) or,
+    with ``cfg.executor == "ray"``, Ray tasks (see ``geofm.ray_executor``).
 
     Units whose completion marker matches the current parameters are skipped (see ``markers``).
+
+    ``model_actor=True`` is for steps that hold a model (embed): the unit function runs in long-lived
+    workers so module-level model caches persist across units. On Ray these are actors (one per GPU, with
+    ``num_gpus=1``, when the cluster has GPUs; else one per CPU; ``workers`` overrides the count); locally
+    ``workers`` defaults to 1 (inline, one model in this process). ``actor_setup(cfg)``, when given, runs
+    once in each worker/actor before its first unit (e.g. to load the model eagerly).
     """
     from geofm.markers import resumable
 
     fn = resumable(fn, cfg, step)
+    if model_actor and workers is None and cfg.executor == "local":
+        workers = cfg.workers or 1
     n_workers = min(workers or default_workers(cfg), max(1, len(units)))
     report = StepReport(step)
     start = time.perf_counter()
+    if cfg.executor == "ray" and units:
+        from geofm import ray_executor
+
+        ray_executor.connect(cfg, quiet=quiet)
     with _progress(step, quiet) as progress:
         task = progress.add_task(step, total=len(units), failed=0, rate="")
 
@@ -84,11 +100,21 @@ def map_units(
             rate = f"{len(report.results) / elapsed:.2f}/s" if elapsed > 0 else ""
             progress.update(task, advance=1, failed=report.count("failed"), rate=rate)
 
-        if n_workers <= 1:
+        if cfg.executor == "ray" and units:
+            if model_actor:
+                ray_executor.run_actors(fn, cfg, units, record, workers, actor_setup)
+            else:
+                ray_executor.run_tasks(fn, cfg, units, record, workers)
+        elif n_workers <= 1:
+            if actor_setup is not None and units:
+                actor_setup(cfg)
             for u in units:
                 record(run_unit(fn, cfg, u, cfg.retries))
         else:
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            init_args: dict[str, Any] = {}
+            if actor_setup is not None:
+                init_args = {"initializer": actor_setup, "initargs": (cfg,)}
+            with ProcessPoolExecutor(max_workers=n_workers, **init_args) as pool:
                 pending: dict[Future[UnitResult], str] = {
                     pool.submit(run_unit, fn, cfg, u, cfg.retries): u for u in units
                 }
