@@ -1,0 +1,240 @@
+"""The registered embedding models and how to load one as an ``Embedder``.
+
+An Embedder turns harmonised-DN chips (NaN = nodata) into a class embedding [B, D] and patch
+embeddings [B, L, D], float32. Models: ``clay-v1.5`` (ViT-L/8), ``clay-v1`` (ViT-B/8, the spec's model),
+``clay-tiny`` (the parity config, random weights only: tests and demos) and ``spectral`` (weights-free).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from geofm.models import checkpoints, spectral
+from geofm.models.clay import ClayEncoder
+from geofm.sentinel2 import band
+
+CLAY_S2_BANDS: tuple[str, ...] = spectral.SPECTRAL_BANDS  # the 10 bands Clay was trained on, Clay's order
+CLAY_NORMALISATION = (
+    "per band (DN - mean) / std with Clay's Sentinel-2 L2A statistics; NaN filled with the mean"
+)
+
+
+@dataclass(frozen=True)
+class ClayConfig:
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_ratio: float = 4.0
+    patch_size: int = 8
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is and takes: size, bands (+ wavelengths, µm), normalisation and weights."""
+
+    name: str
+    kind: str  # "clay" or "spectral"
+    embedding_dim: int
+    patch_size: int
+    bands: tuple[str, ...]
+    normalisation: str
+    checkpoint: str  # where the weights come from, in words
+    description: str
+    clay: ClayConfig | None = None
+    hf_filename: str | None = None  # file in the Hugging Face repo, when there is an official one
+    random_only: bool = False  # no official weights exist (clay-tiny)
+    wavelengths: tuple[float, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wavelengths", tuple(band(b).wavelength for b in self.bands))
+
+
+_MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec(
+            "clay-v1.5", "clay", 1024, 8, CLAY_S2_BANDS, CLAY_NORMALISATION,
+            f"hf://{checkpoints.HF_REPO}/v1.5/clay-v1.5.ckpt (import with `geofm models import clay-v1.5`)",
+            "Clay v1.5 encoder, ViT-L/8, 311,442,944 parameters",
+            ClayConfig(1024, 24, 16, 64), hf_filename="v1.5/clay-v1.5.ckpt",
+        ),
+        ModelSpec(
+            "clay-v1", "clay", 768, 8, CLAY_S2_BANDS, CLAY_NORMALISATION,
+            f"hf://{checkpoints.HF_REPO}/v1/clay-v1-base.ckpt (import with `geofm models import clay-v1`)",
+            "Clay v1.0 encoder, ViT-B/8, 92,102,144 parameters (the spec's model)",
+            ClayConfig(768, 12, 12, 64), hf_filename="v1/clay-v1-base.ckpt",
+        ),
+        ModelSpec(
+            "clay-tiny", "clay", 72, 8, CLAY_S2_BANDS, CLAY_NORMALISATION,
+            "random weights only (checkpoint 'random' or a seed), or a file of this config",
+            "Tiny Clay (dim 72, depth 2): the parity config, for tests and demos; RANDOM weights",
+            ClayConfig(72, 2, 4, 16), random_only=True,
+        ),
+        ModelSpec(
+            "spectral", "spectral", spectral.EMBEDDING_DIM, spectral.PATCH_SIZE, spectral.SPECTRAL_BANDS,
+            "band means as (DN - mean) / std with Clay's statistics; indices on DN; NaN ignored",
+            "none (weights-free)",
+            "Per-8x8-patch normalised band means, NDVI/NDWI/MNDWI/NDBI/NDRE/NBR and their spreads",
+        ),
+    )
+}
+
+
+class Embedder(Protocol):
+    spec: ModelSpec
+    weights: str  # where its weights came from, in words ("RANDOM ..." when random)
+
+    def embed(
+        self, pixels: np.ndarray, bands: list[str], datetimes: list[datetime],
+        lats: Sequence[float] | np.ndarray, lons: Sequence[float] | np.ndarray, gsd: float,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def list_models() -> list[ModelSpec]:
+    return list(_MODELS.values())
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The registered model ``name``; unknown names raise listing the registered ones."""
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(_MODELS)}") from None
+
+
+def build_clay(spec: ModelSpec, device: str | torch.device = "cpu") -> ClayEncoder:
+    """An encoder of ``spec``'s size (random init; pass ``device='meta'`` to allocate nothing)."""
+    if spec.clay is None:
+        raise ValueError(f"model {spec.name!r} is not a Clay model")
+    c = spec.clay
+    with torch.device(device):
+        return ClayEncoder(c.dim, c.depth, c.heads, c.dim_head, c.mlp_ratio, c.patch_size)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an unavailable cuda raises naming the device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device {device!r} not understood; use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+_RANDOM = re.compile(r"^(?:random)?(?::?(\d+))?$")
+
+
+def random_seed(checkpoint: str | int | None) -> int | None:
+    """Seed when ``checkpoint`` asks for random weights (``random``, ``random:N``, ``N``), else None."""
+    if isinstance(checkpoint, int):
+        return checkpoint
+    if checkpoint is None or checkpoint == "":
+        return None
+    m = _RANDOM.match(str(checkpoint))
+    return int(m.group(1) or 0) if m else None
+
+
+def load_clay_encoder(spec: ModelSpec, checkpoint: str | int | None = None) -> tuple[ClayEncoder, str]:
+    """A Clay encoder with its weights (fp32, cpu, eval) and a description of where they came from."""
+    seed = random_seed(checkpoint)
+    if seed is not None:
+        torch.manual_seed(seed)
+        model = build_clay(spec)
+        note = f"RANDOM weights (seed {seed}): embeddings are not meaningful"
+        warnings.warn(f"{spec.name}: {note}", stacklevel=2)
+        return model.eval(), note
+    if checkpoint is None:
+        cached = checkpoints.cached_weights_path(spec.name)
+        if spec.random_only and not cached.is_file():
+            raise ValueError(
+                f"{spec.name} has no official weights: pass checkpoint='random' (or a seed) or a file"
+            )
+        path = checkpoints.ensure_cached(spec)
+    else:
+        path = Path(str(checkpoint))
+    state = checkpoints.encoder_state_dict(checkpoints.read_checkpoint(path))
+    model = build_clay(spec, "meta")
+    checkpoints.load_into(model, state, spec.name, str(path))
+    return model.eval(), str(path)
+
+
+def time_latlon(datetimes: Sequence[datetime], lats: Sequence[float], lons: Sequence[float]) -> np.ndarray:
+    """Clay's metadata channels [B, 8]: sin/cos of ISO week (2π/52) and hour (2π/24), then of lat, lon."""
+    rows = []
+    for dt, lat, lon in zip(datetimes, lats, lons, strict=True):
+        week = dt.isocalendar().week * 2 * math.pi / 52
+        hour = dt.hour * 2 * math.pi / 24
+        la, lo = math.radians(float(lat)), math.radians(float(lon))
+        rows.append([math.sin(week), math.cos(week), math.sin(hour), math.cos(hour),
+                     math.sin(la), math.cos(la), math.sin(lo), math.cos(lo)])
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 8)
+
+
+def normalise(pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+    """(DN - mean) / std with Clay's statistics; NaN/inf (nodata) become 0, i.e. the band mean."""
+    stats = [band(b) for b in bands]
+    lacking = [b.name for b in stats if b.clay_mean is None]
+    if lacking:
+        raise ValueError(f"Clay has no normalisation statistics for bands {lacking}")
+    mean = np.array([b.clay_mean for b in stats], dtype=np.float32)[None, :, None, None]
+    std = np.array([b.clay_std for b in stats], dtype=np.float32)[None, :, None, None]
+    z = (pixels.astype(np.float32) - mean) / std
+    return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+
+
+class ClayEmbedder:
+    """A Clay encoder on a device; batches in, (cls [B, D], patches [B, L, D]) float32 out."""
+
+    def __init__(self, spec: ModelSpec, encoder: ClayEncoder, device: torch.device, weights: str) -> None:
+        self.spec = spec
+        self.device = device
+        self.weights = weights
+        self.encoder = encoder.to(device).eval()
+        self._kernels: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _kernel(self, bands: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generated patch-embedding kernel of a band set, computed once (fp32) and cached."""
+        if bands not in self._kernels:
+            waves = torch.tensor([band(b).wavelength for b in bands], dtype=torch.float32, device=self.device)
+            with torch.inference_mode():
+                self._kernels[bands] = self.encoder.patch_embedding.kernel(waves)
+        return self._kernels[bands]
+
+    def embed(
+        self, pixels: np.ndarray, bands: list[str], datetimes: list[datetime],
+        lats: Sequence[float] | np.ndarray, lons: Sequence[float] | np.ndarray, gsd: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 4 or pixels.shape[1] != len(bands):
+            raise ValueError(f"pixels must be [B, {len(bands)}, H, W] for bands {bands}, got {pixels.shape}")
+        key = tuple(band(b).name for b in bands)
+        x = torch.from_numpy(normalise(pixels, key)).to(self.device)
+        meta = torch.from_numpy(time_latlon(datetimes, lats, lons)).to(self.device)
+        kernel = self._kernel(key)
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = self.encoder(x, meta[:, :4], meta[:, 4:], float(gsd), waves=torch.empty(0), kernel=kernel)
+        out = out.float().cpu().numpy()
+        return out[:, 0].copy(), out[:, 1:].copy()
+
+
+def load_embedder(name: str, checkpoint: str | int | None = None, device: str = "auto") -> Embedder:
+    """Load a registered model ready to embed; Clay weights from a file, the cache, HF, or random."""
+    spec = get_model_spec(name)
+    if spec.kind == "spectral":
+        return spectral.SpectralEmbedder(spec)
+    dev = resolve_device(device)
+    encoder, weights = load_clay_encoder(spec, checkpoint)
+    return ClayEmbedder(spec, encoder, dev, weights)
