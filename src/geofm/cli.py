@@ -251,6 +251,12 @@ def search(
     Console().print(table)
 
 
+# ---- sub-apps ----------------------------------------------------------------------------------
+from geofm.models.cli import models_app  # noqa: E402
+
+app.add_typer(models_app, name="models")
+
+
 def main() -> None:
     app()
 
