@@ -251,6 +251,23 @@ def search(
     Console().print(table)
 
 
+@app.command()
+def serve(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output root to explore: folder or s3://bucket/prefix.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port.", min=1, max=65535)] = 8000,
+) -> None:
+    """Start the explorer (web map for similarity search and change detection) and print its address."""
+    from geofm import storage
+    from geofm.layout import Layout
+    from geofm.server import serve as run_serve
+
+    if not storage.exists(Layout.outputs_dir(out)):
+        fail(f"--out {out!r}: no pipeline output there (expected {Layout.outputs_dir(out)})")
+    run_serve(out, host=host, port=port)
+
+
 # ---- sub-apps ----------------------------------------------------------------------------------
 from geofm.models.cli import models_app  # noqa: E402
 

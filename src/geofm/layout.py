@@ -53,6 +53,11 @@ class Layout:
         return join(self.input_dir, "aoi", "aoi.geojson")
 
     # ---- output ------------------------------------------------------------------------------
+    @staticmethod
+    def outputs_dir(root: str) -> str:
+        """The folder holding one ``output/<aoi>`` folder per AOI (listed by the explorer)."""
+        return join(root, "output")
+
     @property
     def output_dir(self) -> str:
         return join(self.root, "output", self.aoi_name)
@@ -109,6 +114,11 @@ class Layout:
     def reducer_model(self, name: str = "pca") -> str:
         """The globally fitted reducer (PCA) that every chip is projected with."""
         return join(self.output_dir, "processed-embeddings", f"{name}_model.npz")
+
+    @property
+    def consolidated_root(self) -> str:
+        """The folder holding one ``consolidated-output/<grid>`` folder per MGRS grid."""
+        return join(self.output_dir, "consolidated-output")
 
     def consolidated_dir(self, grid: str) -> str:
         return join(self.output_dir, "consolidated-output", grid)
