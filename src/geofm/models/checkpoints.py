@@ -120,7 +120,9 @@ def load_into(model: nn.Module, state: dict[str, Tensor], model_name: str, sourc
     """Check then load ``state`` strictly (as float32) into ``model`` (which may live on ``meta``)."""
     check_state_dict(state, model, model_name, source)
     on_meta = any(p.is_meta for p in model.parameters())
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=on_meta)
+    # fresh, aligned copies: views into a file buffer can take other (slightly different) SIMD paths
+    fresh = {k: v.to(torch.float32, copy=True) for k, v in state.items()}
+    model.load_state_dict(fresh, strict=True, assign=on_meta)
 
 
 def save_encoder(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
