@@ -85,7 +85,7 @@ def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, 
     variables = {b: (("y", "x"), data[b].astype(np.float32)) for b in bands}
     variables[sentinel2.SCL_NAME] = (("y", "x"), data[sentinel2.SCL_NAME].astype(np.uint8))
     ds = xr.Dataset(variables, coords={"x": x, "y": y, "time": np.datetime64(when.tz_convert(None), "ns")})
-    ds = ds.rio.write_crs(grid.crs).rio.write_transform(t * Affine.translation(col, row))
+    ds = ds.rio.write_crs(grid.crs).rio.write_transform(t @ Affine.translation(col, row))
     for v in ds.data_vars:
         ds[v].attrs["grid_mapping"] = "spatial_ref"
         # list spatial_ref among the coordinates, so plain xr.open_dataset(...).rio.crs finds it
