@@ -273,6 +273,10 @@ from geofm.models.cli import models_app  # noqa: E402
 
 app.add_typer(models_app, name="models")
 
+from geofm.finetune.cli import finetune_app  # noqa: E402
+
+app.add_typer(finetune_app, name="finetune")
+
 
 def main() -> None:
     app()

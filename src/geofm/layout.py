@@ -158,3 +158,35 @@ class Layout:
 
     def markers_dir(self, step: str) -> str:
         return join(self.runs_dir, "markers", step)
+
+
+@dataclass(frozen=True)
+class FinetuneLayout:
+    """Paths of one fine-tuning run under its output folder (``SegmentationConfig.output_dir``)."""
+
+    root: str
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return join(self.root, "checkpoints")
+
+    BEST_CHECKPOINT_NAME = "best"  # Lightning adds ``.ckpt``
+
+    @property
+    def best_checkpoint(self) -> str:
+        return join(self.checkpoints_dir, f"{self.BEST_CHECKPOINT_NAME}.ckpt")
+
+    @property
+    def logs_dir(self) -> str:
+        """CSV logs (``csv/``) and TensorBoard event files (``tensorboard/``)."""
+        return join(self.root, "logs")
+
+    @property
+    def config_copy(self) -> str:
+        return join(self.root, "config.yaml")
+
+    def metrics(self, split: str) -> str:
+        return join(self.root, f"metrics_{split}.json")
+
+    def confusion_matrix_png(self, split: str) -> str:
+        return join(self.root, f"confusion_matrix_{split}.png")
