@@ -205,6 +205,48 @@ def demo(
     raise typer.Exit(run_demo(out, model=model, quiet=quiet))
 
 
+@app.command()
+def synth(
+    out: Annotated[str, typer.Option("--out", "-o", help="Root folder or s3://bucket/prefix.")],
+    aoi_name: Annotated[str, typer.Option("--aoi-name", help="AOI name (input layout folder).")] = "synth",
+    grid: Annotated[str, typer.Option("--grid", help="MGRS tile, e.g. 33TWL.")] = "33TWL",
+    start: Annotated[str, typer.Option("--start", help="First date YYYY-MM-DD.")] = "2023-01-01",
+    end: Annotated[str, typer.Option("--end", help="Last date YYYY-MM-DD.")] = "2023-12-31",
+    every: Annotated[int, typer.Option("--every", help="Days between dates.")] = 30,
+    dates: Annotated[str | None, typer.Option("--dates", help="Explicit dates d1,d2,... (wins).")] = None,
+    extent: Annotated[float, typer.Option("--extent", help="Side, m (109800: whole tile).")] = 10240.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    into_layout: Annotated[bool, typer.Option("--into-layout/--no-into-layout",
+                                              help="Also write items and AOI to the input layout.")] = True,
+) -> None:
+    """Realistic synthetic Sentinel-2 L2A scenes (COGs, STAC items, AOI, planted-change truth)."""
+    from geofm.layout import Layout
+    from geofm.synth import default_dates, synthesize
+
+    try:
+        if dates:
+            days = [d for d in (_date(x.strip(), "--dates") for x in dates.split(",") if x.strip()) if d]
+        else:
+            first, last = _date(start, "--start"), _date(end, "--end")
+            assert first is not None and last is not None
+            days = default_dates(first, last, every)
+        result = synthesize(out, aoi_name=aoi_name, grid=grid, dates=days, extent_m=extent, seed=seed,
+                            into_layout=into_layout)
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(f"{len(result.scene_ids)} synthetic scenes of {result.grid} "
+                  f"({result.extent_m:.0f} m square, {result.crs}) in {result.archive_dir}")
+    for sid in result.scene_ids:
+        console.print(f"  {sid}  sky {result.sky[sid]:<5}  eo:cloud_cover {result.cloud_cover[sid]:5.1f}")
+    console.print(f"items (for rustac serve): {result.items_path}")
+    console.print(f"AOI: {result.aoi_path}")
+    console.print(f"planted changes: {result.truth_path} "
+                  + ", ".join(f"{c.kind} from {c.start_date}" for c in result.changes))
+    console.print(f"land cover: {result.landcover_path}")
+    if into_layout:
+        console.print(f"input layout: {Layout(out, aoi_name).scenes_dir}")
+
+
 @app.command("config")
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print every pipeline parameter with its resolved value (YAML, usable as --config)."""

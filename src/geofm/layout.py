@@ -160,6 +160,49 @@ class Layout:
         return join(self.runs_dir, "markers", step)
 
 
+# ---- synthetic Sentinel-2 archive (``geofm synth``), shared by every AOI under a root -----------
+def synth_archive_dir(root: str) -> str:
+    """Folder of the synthetic scene archive: what a STAC API's asset hrefs point to."""
+    return join(root, "synthetic-archive")
+
+
+def synth_scene_dir(root: str, scene_id: str) -> str:
+    return join(synth_archive_dir(root), "scenes", scene_id)
+
+
+def synth_asset(root: str, scene_id: str, file_name: str) -> str:
+    """One asset file of a synthetic scene, e.g. ``B04.tif``, ``SCL.tif``, ``TCI.tif``."""
+    return join(synth_scene_dir(root, scene_id), file_name)
+
+
+def synth_grid_dir(root: str, grid: str) -> str:
+    return join(synth_archive_dir(root), grid)
+
+
+def synth_items(root: str, grid: str) -> str:
+    """FeatureCollection of every synthetic item of a tile (what ``rustac serve`` loads)."""
+    return join(synth_grid_dir(root, grid), "items.json")
+
+
+def synth_aoi(root: str, grid: str, aoi_name: str) -> str:
+    return join(synth_grid_dir(root, grid), f"aoi_{aoi_name}.geojson")
+
+
+def synth_truth(root: str, grid: str) -> str:
+    """Ground truth of the planted changes (GeoJSON, EPSG:4326)."""
+    return join(synth_grid_dir(root, grid), "planted_changes.geojson")
+
+
+def synth_landcover(root: str, grid: str, scene_id: str | None = None) -> str:
+    """Land-cover COG (uint8, 10 m): before any change, or as on one scene's date."""
+    name = "landcover.tif" if scene_id is None else f"landcover_{scene_id}.tif"
+    return join(synth_grid_dir(root, grid), name)
+
+
+def synth_classes(root: str, grid: str) -> str:
+    return join(synth_grid_dir(root, grid), "classes.json")
+
+
 @dataclass(frozen=True)
 class FinetuneLayout:
     """Paths of one fine-tuning run under its output folder (``SegmentationConfig.output_dir``)."""
