@@ -374,3 +374,64 @@ def test_outputs_to_s3(s3_bucket: str, tmp_path: Path) -> None:
         red = src.read(1)
     np.testing.assert_array_equal(ds.red.values, red[192:256, 128:192].astype(np.float32))
     assert preprocess.run(cfg, quiet=True).count("skipped") == 1
+
+
+# ================================= the shared synthetic archive (geofm synth) ======================
+@pytest.fixture(scope="module")
+def synth_run(synth_scenes: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, list[str]]:
+    """The heaviest-cloud date and a clear one of the shared archive, all 12 bands, chips of the synth AOI."""
+    heavy = next(s for s in synth_scenes.scene_ids if synth_scenes.sky[s] == "heavy")
+    clear = synth_scenes.clear_scene_ids[0]
+    cfg = PipelineConfig(aoi_name="synth-pre", aoi=synth_scenes.aoi_path, chip_size=CHIP, workers=1, retries=0,
+                         output_root=str(tmp_path_factory.mktemp("synthpre")))
+    for sid in (heavy, clear):
+        storage.write_json(cfg.layout.scene_metadata(sid), synth_scenes.item(sid))
+    report = preprocess.run(cfg, quiet=True)
+    assert report.ok, report.summary()
+    return cfg, [heavy, clear]
+
+
+def test_synth_only_aoi_chips_same_ground_every_date(synth_run: tuple[PipelineConfig, list[str]],
+                                                     synth_scenes: Any) -> None:
+    cfg, scenes = synth_run
+    aoi = gpd.read_file(synth_scenes.aoi_path).to_crs(synth_scenes.crs).union_all()
+    x0, y0 = synth_scenes.origin
+    n = synth_scenes.shape[1] // CHIP
+    expected = sorted(f"{x}_{y}" for x in range(n) for y in range(n)
+                      if (cell := box(x0 + x * 640, y0 - (y + 1) * 640, x0 + (x + 1) * 640, y0 - y * 640))
+                      .intersects(aoi) and not cell.touches(aoi))
+    assert 0 < len(expected) < n * n  # the AOI is a real subset of the scene
+    metas = [preprocess.read_meta(cfg.layout.meta(s)).set_index("chip_id").sort_index() for s in scenes]
+    for meta in metas:
+        assert sorted(meta.index) == expected
+    cols = ["utm_minx", "utm_miny", "utm_maxx", "utm_maxy"]
+    assert metas[0][cols].equals(metas[1][cols])
+    assert metas[0].geometry.geom_equals_exact(metas[1].geometry, 1e-12).all()
+    nc_files = list(Path(cfg.output_root).rglob("*.nc"))
+    assert len(nc_files) == 2 * len(expected)
+
+
+def test_synth_pixels_and_planted_cloud_shares(synth_run: tuple[PipelineConfig, list[str]],
+                                               synth_scenes: Any) -> None:
+    cfg, (heavy, _) = synth_run
+    item = synth_scenes.item(heavy)
+    meta = preprocess.read_meta(cfg.layout.meta(heavy))
+    with rasterio.open(item["assets"]["scl"]["href"]) as src:
+        scl20 = src.read(1)
+    for _, row in meta.iterrows():
+        win = scl20[row.y_dim * 32:(row.y_dim + 1) * 32, row.x_dim * 32:(row.x_dim + 1) * 32]
+        valid = win[win > 0]
+        share = np.isin(valid, list(sentinel2.SCL_CLOUD_CLASSES)).sum() / valid.size if valid.size else 1.0
+        assert row.cloud_cover_perc == pytest.approx(share, abs=1e-12)
+    assert meta.cloud_cover_perc.max() > 0.2  # the heavy-cloud date really has clouds in the AOI
+    row = meta.iloc[len(meta) // 2]
+    ds = xr.open_dataset(row.s3_location_netcdf)
+    assert list(ds.attrs["bands"]) == list(sentinel2.L2A_BANDS)
+    with rasterio.open(item["assets"]["nir"]["href"]) as src:
+        nir = src.read(1, window=((row.y_dim * CHIP, (row.y_dim + 1) * CHIP),
+                                  (row.x_dim * CHIP, (row.x_dim + 1) * CHIP)))
+    offset = sentinel2.boa_offset_to_subtract(item["properties"])
+    np.testing.assert_array_equal(ds.nir.values, np.maximum(nir.astype(np.float32) - offset, 0))
+    for name in ("rededge2", "swir22", "nir09"):
+        expected = bilinear_reference(item["assets"][name]["href"], ds.x.values, ds.y.values, offset)
+        np.testing.assert_allclose(ds[name].values, expected, atol=1e-3, rtol=0)
