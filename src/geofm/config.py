@@ -59,6 +59,8 @@ class PipelineConfig(BaseModel):
     baseline: Literal["first", "first-clear"] = Field("first-clear", description="Change baseline date.")
     analyze_max_cloud: float = Field(0.05, ge=0, le=1, description="Cloud share limit for step 3 rows.")
     analyze_max_missing: float = Field(0.0, ge=0, le=1, description="Missing share limit for step 3 rows.")
+    baseline_max_cloud: float = Field(
+        0.0, ge=0, le=1, description="Baseline 'first-clear': first date with a cloud share at most this.")
     patch_change_threshold: float = Field(0.8, description="Per-patch similarity below this = changed.")
 
     # ---- step 4: consolidate ---------------------------------------------------------------

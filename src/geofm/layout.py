@@ -116,6 +116,25 @@ class Layout:
         return join(self.output_dir, "processed-embeddings", f"{name}_model.npz")
 
     @property
+    def unique_chip_ids_root(self) -> str:
+        """The folder holding one ``unique-chip-ids/<grid>`` folder per MGRS grid."""
+        return join(self.output_dir, "unique-chip-ids")
+
+    @property
+    def processed_embeddings_root(self) -> str:
+        """The folder holding one ``processed-embeddings/<grid>`` folder per MGRS grid."""
+        return join(self.output_dir, "processed-embeddings")
+
+    @property
+    def analyze_rows(self) -> str:
+        """Step 3's input rows (meta rows passing the limits, all chips), written once before its units."""
+        return join(self.output_dir, "processed-embeddings", "analyze_rows.parquet")
+
+    def rgb_thumbnails_dir(self, grid: str) -> str:
+        """The grid's thumbnail folder (``rgb-imgs/<level>/<grid>``, dated folders below)."""
+        return join(self.output_dir, "rgb-imgs", self.level, grid)
+
+    @property
     def consolidated_root(self) -> str:
         """The folder holding one ``consolidated-output/<grid>`` folder per MGRS grid."""
         return join(self.output_dir, "consolidated-output")
