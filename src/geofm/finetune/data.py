@@ -196,7 +196,7 @@ class ChipRef:
     def bounds(self) -> tuple[float, float, float, float]:
         a = self.affine
         x0, y0 = a.c, a.f
-        x1, y1 = a * (self.size, self.size)
+        x1, y1 = a @ (self.size, self.size)
         return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
     @property
@@ -215,7 +215,7 @@ def tile_chips(info: RasterInfo, chip_size: int) -> list[ChipRef]:
     chips = []
     for r in range(0, info.height - chip_size + 1, chip_size):
         for c in range(0, info.width - chip_size + 1, chip_size):
-            t = info.transform * Affine.translation(c, r)
+            t = info.transform @ Affine.translation(c, r)
             chips.append(ChipRef(info.path, r, c, chip_size, crs, tuple(t)[:6], info.datetime))
     return chips
 

@@ -8,6 +8,7 @@ to JSON and the confusion matrix to PNG.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -41,6 +42,8 @@ class TrainResult:
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     epochs_run: int = 0
     train_chips: int = 0
+    module: SegmentationModule | None = None  # in memory after fit: the last epoch's weights (= last.ckpt)
+    last_checkpoint: str = ""
 
 
 def accelerator_for(device: str) -> str:
@@ -126,8 +129,14 @@ def train(
         return TrainResult(checkpoint.best_model_path)
 
     best = checkpoint.best_model_path or layout.best_checkpoint
-    best_module = load_module(best, encoder=encoder)
-    result = TrainResult(best, epochs_run=trainer.current_epoch, train_chips=len(train_set.chips))
+    best_module = load_module(best, encoder=copy.deepcopy(encoder))
+    result = TrainResult(
+        best,
+        epochs_run=trainer.current_epoch,
+        train_chips=len(train_set.chips),
+        module=module.eval(),
+        last_checkpoint=checkpoint.last_model_path,
+    )
     for split in ("val", "test"):
         chips = data.splits[split]
         if not len(chips.chips):
