@@ -145,8 +145,8 @@ class _Writers:
 
 def _to_cog(src: Path, url: str, blocksize: int, resampling: str) -> None:
     with storage.local_file_for_write(url, ".tif") as tmp:
-        rasterio.shutil.copy(src, tmp, driver="COG", compress="DEFLATE", blocksize=blocksize,
-                             overview_resampling=resampling)
+        rasterio.shutil.copy(src, tmp, driver="COG", compress="DEFLATE", level=1, predictor=2,
+                             blocksize=blocksize, overview_resampling=resampling)
 
 
 def _footprint(origin: tuple[float, float], extent_m: float) -> shapely.Polygon:
@@ -325,13 +325,13 @@ def _write_strip(w: _Writers, sid: str, strip: Any, r0: int, shapes: dict[int, t
         k = res // 10
         if r0 // k >= shapes[res][0]:
             continue
-        grid = refl if k == 1 else block_mean(refl, k)
+        picks = [bi for bi, b in enumerate(BANDS) if b.resolution == res]
+        grid = refl[picks] if k == 1 else block_mean(refl[picks], k)
         rows = np.arange(r0 // k, r0 // k + grid.shape[1])
         nodata = wedge_mask(rows, grid.shape[2], res, extent_m)
-        for bi, b in enumerate(BANDS):
-            if b.resolution != res:
-                continue
-            dn = np.clip(np.round(grid[bi] * 10000.0), 1, 65535 - offset).astype(np.uint16)
+        for gi, bi in enumerate(picks):
+            b = BANDS[bi]
+            dn = np.clip(np.round(grid[gi] * 10000.0), 1, 65535 - offset).astype(np.uint16)
             dn += np.uint16(offset)
             dn[nodata] = 0
             _write(w.ds[(sid, b.band_id)], dn, r0 // k)
