@@ -1,0 +1,246 @@
+"""Step 2: embed every chip of a scene with the configured model (class + patch embeddings as .npy).
+
+One scene is one unit of work. The scene's chips are read in batches by a prefetch thread while the
+model works on the previous batch; chips over the nodata/cloud limits are skipped and recorded. Files
+and meta columns follow docs/formats.md. The model is loaded once per worker process (module cache) and
+the step runs its units in one model worker per device (``map_units(model_actor=True)``), never a pool
+of processes each holding a copy. A rerun skips scenes already embedded with the same model; another
+model writes its own files (the layout puts the model name in the path) and takes over the meta columns.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from geofm import storage
+from geofm.config import PipelineConfig
+from geofm.executors import map_units
+from geofm.models.registry import Embedder, ModelSpec, get_model_spec, load_embedder
+from geofm.report import StepReport
+from geofm.sentinel2 import band_tag
+
+STEP = "embed"
+META_SUFFIX = "_chip_meta.parquet"
+NETCDF_ENGINE = "h5netcdf"
+STATUS_OK, STATUS_MISSING, STATUS_CLOUD, STATUS_FAILED = "ok", "skipped-missing", "skipped-cloud", "failed"
+log = logging.getLogger(__name__)
+
+_EMBEDDERS: dict[tuple[str, str, str], Embedder] = {}
+
+
+# ---- the model, once per process --------------------------------------------------------------
+def get_embedder(cfg: PipelineConfig) -> Embedder:
+    """The configured model, loaded once per process and kept (keyed by model, checkpoint, device)."""
+    key = (cfg.model, str(cfg.checkpoint), cfg.device)
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = load_embedder(cfg.model, cfg.checkpoint, cfg.device)
+        log.info("embed: model %s loaded (weights: %s)", cfg.model, _EMBEDDERS[key].weights)
+    return _EMBEDDERS[key]
+
+
+def load_model(cfg: PipelineConfig) -> None:
+    """Worker set-up: load the model before the first scene (errors surface before any work)."""
+    get_embedder(cfg)
+
+
+def model_bands(cfg: PipelineConfig, spec: ModelSpec) -> list[str]:
+    """Bands fed to the model: ``cfg.embed_bands`` or the model's own; ``spectral`` needs its own set."""
+    bands = list(cfg.embed_bands or spec.bands)
+    if spec.kind == "spectral":
+        missing = [b for b in spec.bands if b not in bands]
+        if missing:
+            raise ValueError(f"model spectral needs bands {list(spec.bands)}; embed_bands lacks {missing}")
+    return bands
+
+
+# ---- units and reading ------------------------------------------------------------------------------
+def units(cfg: PipelineConfig) -> list[str]:
+    """Scene ids that have a chip meta file (written by step 1), sorted."""
+    return sorted(u.rsplit("/", 1)[-1].removesuffix(META_SUFFIX)
+                  for u in storage.list_files(cfg.layout.meta_dir, META_SUFFIX))
+
+
+def read_meta(url: str) -> gpd.GeoDataFrame:
+    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+
+
+def write_meta(url: str, meta: gpd.GeoDataFrame) -> None:
+    """Rewrite a scene's meta atomically (one PUT / rename)."""
+    buf = io.BytesIO()
+    meta.to_parquet(buf, index=False)
+    storage.write_bytes(url, buf.getvalue())
+
+
+def read_chip(url: str, bands: list[str]) -> np.ndarray:
+    """The chip's bands as float32 [C, H, W] (NaN = nodata); a missing band raises naming file and band."""
+    with xr.open_dataset(io.BytesIO(storage.read_bytes(url)), engine=NETCDF_ENGINE) as ds:
+        missing = [b for b in bands if b not in ds.data_vars]
+        if missing:
+            raise ValueError(f"{url}: chip lacks bands {missing} (has {sorted(map(str, ds.data_vars))})")
+        return np.stack([ds[b].values.astype(np.float32) for b in bands])
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """A plain float32 .npy (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def chip_status(row: pd.Series, cfg: PipelineConfig) -> str:
+    """``ok`` when the chip is within the limits, else why it is skipped."""
+    if float(row["missing_data_perc"]) > cfg.embed_max_missing:
+        return STATUS_MISSING
+    if float(row["cloud_cover_perc"]) > cfg.embed_max_cloud:
+        return STATUS_CLOUD
+    return STATUS_OK
+
+
+def _as_datetime(value: Any) -> datetime:
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+# ---- completeness -----------------------------------------------------------------------------------
+def is_embedded(cfg: PipelineConfig, meta: pd.DataFrame) -> bool:
+    """The meta says this model embedded the scene with the current limits, and every file exists."""
+    need = {"model", "embedding_status", "s3_location_cls_emb", "s3_location_patch_emb"}
+    if not need <= set(meta.columns):
+        return False
+    if len(meta) == 0:
+        return True
+    if (meta["model"] != cfg.model).any():
+        return False
+    spec = get_model_spec(cfg.model)
+    tag = band_tag(model_bands(cfg, spec))
+    for _, row in meta.iterrows():
+        status = row["embedding_status"]
+        if status == STATUS_FAILED or (status != STATUS_OK and chip_status(row, cfg) == STATUS_OK):
+            return False
+        if status != STATUS_OK:
+            continue
+        if chip_status(row, cfg) != STATUS_OK:
+            return False
+        urls = [row["s3_location_cls_emb"]]
+        if cfg.patch_embeddings:
+            urls.append(row["s3_location_patch_emb"])
+        if any(not isinstance(u, str) or f"_{tag}_" not in u or not storage.exists(u) for u in urls):
+            return False
+    return True
+
+
+# ---- one scene --------------------------------------------------------------------------------------
+def _batches(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _load_batch(meta: pd.DataFrame, idx: list[int], bands: list[str]) -> list[tuple[int, np.ndarray | str]]:
+    out: list[tuple[int, np.ndarray | str]] = []
+    for i in idx:
+        url = meta.at[i, "s3_location_netcdf"]
+        try:
+            out.append((i, read_chip(url, bands)))
+        except Exception as exc:  # one unreadable chip is recorded, the others go on
+            out.append((i, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
+    """Embed one scene's chips; ``{"skipped": True}`` when already embedded with this model."""
+    layout = cfg.layout
+    meta_url = layout.meta(scene_id)
+    meta = read_meta(meta_url).reset_index(drop=True)
+    if not cfg.force and is_embedded(cfg, meta):
+        return {"skipped": True}
+    spec = get_model_spec(cfg.model)
+    bands = model_bands(cfg, spec)
+    tag = band_tag(bands)
+    n = len(meta)
+    status = [chip_status(meta.loc[i], cfg) for i in range(n)]
+    cls_urls: list[str | None] = [None] * n
+    patch_urls: list[str | None] = [None] * n
+    todo = [i for i in range(n) if status[i] == STATUS_OK]
+    embedder = get_embedder(cfg) if todo else None
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chip-prefetch") as pool:
+        batches = list(_batches(todo, cfg.batch_size))
+        pending: Future[list[tuple[int, np.ndarray | str]]] | None = (
+            pool.submit(_load_batch, meta, batches[0], bands) if batches else None
+        )
+        for b in range(len(batches)):
+            assert pending is not None
+            loaded = pending.result()
+            pending = pool.submit(_load_batch, meta, batches[b + 1], bands) if b + 1 < len(batches) else None
+            good = [(i, a) for i, a in loaded if isinstance(a, np.ndarray)]
+            for i, err in loaded:
+                if isinstance(err, str):
+                    status[i] = STATUS_FAILED
+                    log.warning("embed %s: chip %s unreadable: %s", scene_id, meta.at[i, "chip_id"], err)
+            if not good:
+                continue
+            idx = [i for i, _ in good]
+            assert embedder is not None
+            cls, patch = embedder.embed(
+                np.stack([a for _, a in good]), bands,
+                [_as_datetime(meta.at[i, "datetime"]) for i in idx],
+                [float(meta.at[i, "centroid_lat"]) for i in idx],
+                [float(meta.at[i, "centroid_lon"]) for i in idx],
+                float(meta.at[idx[0], "gsd"]),
+            )
+            for k, i in enumerate(idx):
+                size, x, y = int(meta.at[i, "chip_size"]), int(meta.at[i, "x_dim"]), int(meta.at[i, "y_dim"])
+                cls_urls[i] = layout.embedding("cls", cfg.model, scene_id, size, tag, x, y)
+                storage.write_bytes(cls_urls[i], npy_bytes(cls[k]))
+                if cfg.patch_embeddings:
+                    patch_urls[i] = layout.embedding("patch", cfg.model, scene_id, size, tag, x, y)
+                    storage.write_bytes(patch_urls[i], npy_bytes(patch[k]))
+
+    for i in range(n):
+        if status[i] == STATUS_OK:
+            grid, x, y = meta.at[i, "mgrs_grid"], int(meta.at[i, "x_dim"]), int(meta.at[i, "y_dim"])
+            url = layout.unique_chip_id(grid, x, y)
+            if not storage.exists(url):
+                storage.write_text(url, str(meta.at[i, "chip_id"]))
+
+    dates = pd.to_datetime(meta["date"]) if n else pd.Series([], dtype="datetime64[ns]")
+    meta["year"] = dates.dt.year.astype("Int64") if n else pd.Series([], dtype="Int64")
+    meta["month"] = dates.dt.month.astype("Int64") if n else pd.Series([], dtype="Int64")
+    meta["s3_location_cls_emb"] = pd.Series(cls_urls, dtype=object)
+    meta["s3_location_patch_emb"] = pd.Series(patch_urls, dtype=object)
+    meta["model"] = cfg.model
+    meta["embedding_dim"] = spec.embedding_dim
+    meta["embedding_status"] = pd.Series(status, dtype=object)
+    write_meta(meta_url, meta)  # last: the meta says what exists
+    return {
+        "embedded": status.count(STATUS_OK),
+        "skipped_missing": status.count(STATUS_MISSING),
+        "skipped_cloud": status.count(STATUS_CLOUD),
+        "failed_chips": status.count(STATUS_FAILED),
+        "model": cfg.model,
+    }
+
+
+def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
+    """Embed every scene with a chip meta file, in one model worker per device (see module doc)."""
+    spec = get_model_spec(cfg.model)  # an unknown model is an error before any work
+    model_bands(cfg, spec)
+    scenes = units(cfg)
+    if not scenes:
+        log.warning("no chip meta under %s; run `geofm preprocess` first", cfg.layout.meta_dir)
+    # locally: one in-process model worker (a pool would load the model N times); Ray: one actor per GPU
+    workers = 1 if cfg.executor == "local" else cfg.workers
+    return map_units(process_unit, cfg, scenes, STEP, workers=workers, quiet=quiet,
+                     model_actor=True, actor_setup=load_model)
