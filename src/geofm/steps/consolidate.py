@@ -1,0 +1,314 @@
+"""Step 4: per MGRS grid, the consolidated GeoParquet, chip-grid GeoJSONs, the change-intensity layer
+and the front-end config; then, in this one process, the LanceDB table of class embeddings.
+
+Unit of work: one grid (a folder of ``processed-embeddings/``). The chip grid of the whole tile is
+rebuilt from the tile geometry: its origin follows from any chip of the meta (``utm_minx - x_dim *
+chip_size * gsd``, ``utm_maxy + y_dim * chip_size * gsd``; chips are anchored at the tile origin) and
+the tile is 109,800 m square; every whole chip is listed. After the units, :func:`load_vector_db`
+writes all of this AOI's rows in one commit (one committer, no concurrent writers) replacing the
+AOI's earlier rows, then builds the indices (geofm.vectordb).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import posixpath
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import shapely
+from affine import Affine
+from pyproj import Transformer
+
+from geofm import change, storage, vectordb
+from geofm.aoi import load_aoi
+from geofm.chips import WGS84, ChipGrid
+from geofm.config import PipelineConfig
+from geofm.executors import map_units
+from geofm.layout import Layout
+from geofm.report import StepReport, UnitResult
+from geofm.steps.analyze import INPUTS_KEY, load_embedding, read_parquet, subfolders
+from geofm.synth.mgrs import TILE_EXTENT_M
+
+STEP = "consolidate"
+PROCESSED_SUFFIX = "_processed_embeddings.parquet"
+GRID_COLUMNS = ["chip_id", "x_dim", "y_dim", "mgrs_grid", "aoi_name"]
+LANCE_COLUMNS = ["chip_id", "x_dim", "y_dim", "date", "scene_id", "mgrs_grid", "aoi_name", "model",
+                 "geometry_wkt", "minx", "miny", "maxx", "maxy", "cloud_cover_perc", "missing_data_perc",
+                 "s3_location_png_thumbnail", "s3_location_netcdf", "cosine_sim"]
+log = logging.getLogger(__name__)
+
+
+def units(cfg: PipelineConfig) -> list[str]:
+    """MGRS grids with processed embeddings (step 3 output)."""
+    root = cfg.layout.processed_embeddings_root
+    return [g for g in subfolders(root)
+            if storage.list_files(cfg.layout.processed_embeddings_dir(g), PROCESSED_SUFFIX)]
+
+
+def read_processed(cfg: PipelineConfig, grid: str) -> tuple[gpd.GeoDataFrame, str]:
+    """All processed rows of a grid (sorted by chip and date) and a digest of what they were made from."""
+    urls = storage.list_files(cfg.layout.processed_embeddings_dir(grid), PROCESSED_SUFFIX)
+    if not urls:
+        raise FileNotFoundError(f"no processed embeddings for grid {grid}: run analyze first")
+    frames, ids = [], []
+    for url in urls:
+        data = storage.read_bytes(url)
+        ids.append((url.rsplit("/", 1)[-1], (pq.read_schema(io.BytesIO(data)).metadata or {})
+                    .get(INPUTS_KEY, b"").decode()))
+        frames.append(gpd.read_parquet(io.BytesIO(data)))
+    rows = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
+    rows = rows.sort_values(["y_dim", "x_dim", "date"], kind="stable").reset_index(drop=True)
+    return rows, hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+# ---- chip grids ----------------------------------------------------------------------------------
+def tile_chip_grid(rows: pd.DataFrame) -> ChipGrid:
+    """The tile's whole chip grid, from the chips' UTM bounds (anchored at the tile origin)."""
+    first = rows.iloc[0]
+    size, gsd, crs = int(first["chip_size"]), float(first["gsd"]), str(first["crs"])
+    step = size * gsd
+    ox = rows["utm_minx"].to_numpy(float) - rows["x_dim"].to_numpy(float) * step
+    oy = rows["utm_maxy"].to_numpy(float) + rows["y_dim"].to_numpy(float) * step
+    uniform = rows["crs"].nunique() == 1 and rows["chip_size"].nunique() == 1
+    if np.ptp(ox) > 1e-3 or np.ptp(oy) > 1e-3 or not uniform:
+        raise ValueError("chips of one grid disagree on the tile origin, CRS or chip size; "
+                         "was the grid preprocessed with different parameters? rerun with --force")
+    side = int(round(TILE_EXTENT_M / gsd))
+    return ChipGrid(Affine(gsd, 0, float(ox[0]), 0, -gsd, float(oy[0])), side, side, crs, size)
+
+
+def chips_frame(grid: ChipGrid, chips: list[Any], mgrs: str, aoi_name: str) -> gpd.GeoDataFrame:
+    """One WGS84 polygon per chip (its four projected UTM corners, vectorised)."""
+    b = np.array([c.bounds for c in chips], dtype=float).reshape(-1, 4)
+    xs = np.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0]], axis=1)
+    ys = np.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3]], axis=1)
+    lon, lat = Transformer.from_crs(grid.crs, WGS84, always_xy=True).transform(xs, ys)
+    polys = shapely.polygons(np.stack([lon, lat], axis=-1))
+    return gpd.GeoDataFrame({
+        "chip_id": [c.chip_id for c in chips], "x_dim": [c.x_dim for c in chips],
+        "y_dim": [c.y_dim for c in chips], "mgrs_grid": mgrs, "aoi_name": aoi_name,
+    }, geometry=polys, crs=WGS84)
+
+
+def aoi_url(cfg: PipelineConfig) -> str:
+    return cfg.aoi or cfg.layout.aoi_geojson
+
+
+# ---- change intensity ----------------------------------------------------------------------------
+def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.GeoDataFrame:
+    """Per analysed chip: latest/lowest similarity, largest drop and High/Medium/Low (geofm.change)."""
+    out = []
+    for chip_id, g in rows.groupby("chip_id", sort=False):
+        g = g.sort_values("date")
+        dates = [pd.Timestamp(d).date() for d in g["date"]]
+        base = g["baseline_date"].dropna()
+        baseline = pd.Timestamp(base.iloc[0]).date() if len(base) else dates[0]
+        s = change.change_summary(dates, g["cosine_sim"].to_numpy(float), baseline,
+                                  cfg.change_threshold_high, cfg.change_threshold_medium)
+        rec = {"chip_id": chip_id, "x_dim": int(g["x_dim"].iloc[0]), "y_dim": int(g["y_dim"].iloc[0]),
+               "mgrs_grid": g["mgrs_grid"].iloc[0], "baseline_date": baseline.isoformat(), **s}
+        for k in ("latest_date", "min_sim_date", "largest_drop_date"):
+            rec[k] = rec[k].isoformat() if rec[k] is not None else None
+        for k in ("latest_sim", "min_sim"):
+            rec[k] = None if rec[k] is None or not math.isfinite(rec[k]) else rec[k]
+        rec["geometry"] = g.geometry.iloc[0]
+        out.append(rec)
+    return gpd.GeoDataFrame(out, geometry="geometry", crs=WGS84)
+
+
+# ---- front-end config ----------------------------------------------------------------------------
+def _rel(url: str, base: str) -> str:
+    return posixpath.relpath(url.split("://", 1)[-1], base.split("://", 1)[-1])
+
+
+def frontend_config(cfg: PipelineConfig, grid: str, rows: pd.DataFrame | None = None,
+                    embedding_dim: int | None = None) -> dict[str, Any]:
+    """What a front end needs for one grid: paths relative to ``output/<aoi>/``, dates, thresholds,
+    the vector DB. ``rows`` are the grid's processed rows (read from the consolidated parquet if None)."""
+    lay: Layout = cfg.layout
+    if rows is None:
+        rows = read_parquet(lay.consolidated_output(grid))
+    base = lay.output_dir
+    dates = sorted({pd.Timestamp(d).date() for d in rows["date"]})
+    baselines = sorted({pd.Timestamp(d).date() for d in rows["baseline_date"].dropna()})
+    first_baseline = baselines[0] if baselines else dates[0]
+    monitoring = [d for d in dates if d > first_baseline]
+    models = rows["model"].dropna().unique().tolist() if "model" in rows.columns else []
+    if embedding_dim is None and "embedding_dim" in rows.columns and rows["embedding_dim"].notna().any():
+        embedding_dim = int(rows["embedding_dim"].dropna().iloc[0])
+    return {
+        "aoi_name": cfg.aoi_name,
+        "s2_tile_id": grid,
+        "aoi_geojson": _rel(lay.aoi_geojson if storage.exists(lay.aoi_geojson) or not cfg.aoi else cfg.aoi,
+                            base),
+        "chip_grid_geojson": _rel(lay.chip_grid_full_tile(grid), base),
+        "chip_grid_aoi_geojson": _rel(lay.chip_grid_aoi(grid), base),
+        "chip_grid_change_intensity_geojson": _rel(lay.change_intensity(grid), base),
+        "metadata_path": _rel(lay.consolidated_output(grid), base),
+        "png_thumbnail_path": _rel(lay.rgb_thumbnails_dir(grid), base),
+        "start_date": dates[0].isoformat(),
+        "end_date": dates[-1].isoformat(),
+        "dates": [d.isoformat() for d in dates],
+        "similarity_search_date": dates[-1].isoformat(),
+        "baseline_rule": cfg.baseline,
+        "baseline_start_date": first_baseline.isoformat(),
+        "baseline_end_date": (baselines[-1] if baselines else first_baseline).isoformat(),
+        "monitoring_start_date": monitoring[0].isoformat() if monitoring else None,
+        "monitoring_end_date": dates[-1].isoformat(),
+        "embedding_kind": cfg.embedding_kind,
+        "change_threshold_high": cfg.change_threshold_high,
+        "change_threshold_medium": cfg.change_threshold_medium,
+        "patch_change_threshold": cfg.patch_change_threshold,
+        "vectordb_type": "lancedb",
+        "vectordb_path": _rel(lay.lance_db, base),
+        "vectordb_collection_name": Layout.LANCE_TABLE,
+        "model": models[0] if len(models) == 1 else models or cfg.model,
+        "embedding_dim": embedding_dim,
+    }
+
+
+# ---- one grid ------------------------------------------------------------------------------------
+def _outputs(lay: Layout, grid: str) -> list[str]:
+    return [lay.consolidated_output(grid), lay.chip_grid_full_tile(grid), lay.chip_grid_aoi(grid),
+            lay.change_intensity(grid), lay.frontend_config(grid)]
+
+
+def _inputs_id(cfg: PipelineConfig, processed_id: str) -> str:
+    params = [processed_id, cfg.change_threshold_high, cfg.change_threshold_medium, cfg.aoi_name,
+              storage.read_text(aoi_url(cfg)) if storage.exists(aoi_url(cfg)) else None]
+    return hashlib.sha256(json.dumps(params).encode()).hexdigest()[:16]
+
+
+def is_complete(lay: Layout, grid: str, inputs_id: str) -> bool:
+    if not all(storage.exists(u) for u in _outputs(lay, grid)):
+        return False
+    try:
+        with storage.local_file_for_read(lay.consolidated_output(grid), ".parquet") as path:
+            meta = pq.read_schema(path).metadata or {}
+    except Exception:  # a torn or foreign file counts as absent
+        return False
+    return meta.get(INPUTS_KEY) == inputs_id.encode()
+
+
+def _write_geojson(url: str, frame: gpd.GeoDataFrame) -> None:
+    storage.write_text(url, frame.to_json(drop_id=True))
+
+
+def _write_geoparquet(url: str, frame: gpd.GeoDataFrame, inputs_id: str) -> None:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    table = pq.read_table(io.BytesIO(buf.getvalue()))
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), INPUTS_KEY: inputs_id.encode()})
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    storage.write_bytes(url, out.getvalue())
+
+
+def process_unit(cfg: PipelineConfig, grid: str) -> dict[str, Any]:
+    """Consolidate one grid; ``{"skipped": True}`` when its outputs are complete (unless ``cfg.force``)."""
+    lay = cfg.layout
+    rows, processed_id = read_processed(cfg, grid)
+    inputs_id = _inputs_id(cfg, processed_id)
+    if not cfg.force and is_complete(lay, grid, inputs_id):
+        return {"skipped": True}
+    tile = tile_chip_grid(rows)
+    full = chips_frame(tile, list(tile.all_chips()), grid, cfg.aoi_name)
+    if storage.exists(aoi_url(cfg)):
+        aoi_chips = chips_frame(tile, tile.chips_meeting(load_aoi(aoi_url(cfg))), grid, cfg.aoi_name)
+    else:  # no AOI file: the analysed chips stand for it
+        log.warning("no AOI at %s: chip_grid_aoi lists the analysed chips", aoi_url(cfg))
+        ids = set(rows["chip_id"])
+        aoi_chips = full[full["chip_id"].isin(ids)].reset_index(drop=True)
+    intensity = change_intensity_frame(rows, cfg)
+    _write_geojson(lay.chip_grid_full_tile(grid), full)
+    _write_geojson(lay.chip_grid_aoi(grid), aoi_chips)
+    _write_geojson(lay.change_intensity(grid), intensity)
+    config = frontend_config(cfg, grid, rows)
+    storage.write_json(lay.frontend_config(grid), {
+        "current_demo_id": cfg.aoi_name, "demos": [{"demo_id": cfg.aoi_name, "config": config}]})
+    _write_geoparquet(lay.consolidated_output(grid), rows, inputs_id)  # last: marks the grid complete
+    counts = intensity["change_intensity"].value_counts().to_dict()
+    return {"rows": len(rows), "chips": len(intensity), "tile_chips": len(full), "aoi_chips": len(aoi_chips),
+            **{f"intensity_{k}": int(v) for k, v in counts.items()}}
+
+
+# ---- vector DB -----------------------------------------------------------------------------------
+def vector_rows(rows: gpd.GeoDataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """LanceDB columns (docs/formats.md) and class embeddings of the rows that have a clean one."""
+    ok = rows[~rows["embedding_contains_nan_yn"].astype(bool) & rows["s3_location_cls_emb"].notna()]
+    vectors, keep = [], []
+    for i, url in zip(ok.index, ok["s3_location_cls_emb"], strict=True):
+        v = load_embedding(url).astype(np.float32).ravel()
+        if np.all(np.isfinite(v)) and np.any(v):
+            vectors.append(v)
+            keep.append(i)
+    sel = ok.loc[keep]
+    bounds = sel.geometry.bounds
+    out = pd.DataFrame({
+        "chip_id": sel["chip_id"].astype(str), "x_dim": sel["x_dim"].astype("int64"),
+        "y_dim": sel["y_dim"].astype("int64"), "date": sel["date"],
+        "scene_id": sel["origin_tile"].astype(str),
+        "mgrs_grid": sel["mgrs_grid"].astype(str), "aoi_name": sel["aoi_name"].astype(str),
+        "model": sel["model"].astype(str) if "model" in sel.columns else "",
+        "geometry_wkt": sel.geometry.to_wkt(), "minx": bounds["minx"], "miny": bounds["miny"],
+        "maxx": bounds["maxx"], "maxy": bounds["maxy"],
+        "cloud_cover_perc": sel["cloud_cover_perc"].astype(float),
+        "missing_data_perc": sel["missing_data_perc"].astype(float),
+        "s3_location_png_thumbnail": sel["s3_location_png_thumbnail"].astype(str),
+        "s3_location_netcdf": sel["s3_location_netcdf"].astype(str),
+        "cosine_sim": sel["cosine_sim"].astype(float),
+    })
+    for col in sorted(c for c in sel.columns if "_emb_pca_" in c):
+        out[col] = sel[col].astype(float)
+    dim = vectors[0].shape[0] if vectors else 0
+    return out.reset_index(drop=True), np.asarray(vectors, np.float32).reshape(len(vectors), dim)
+
+
+def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
+    """Write every grid's rows of this AOI to ``lance-db/vector_db`` in one commit, then index."""
+    lay = cfg.layout
+    frames, vecs = [], []
+    for grid in grids:
+        if not storage.exists(lay.consolidated_output(grid)):
+            continue
+        df, v = vector_rows(read_parquet(lay.consolidated_output(grid)))
+        if len(df):
+            frames.append(df)
+            vecs.append(v)
+    if not frames:
+        raise ValueError("no row with a class embedding to load into the vector DB")
+    dims = {v.shape[1] for v in vecs}
+    if len(dims) != 1:
+        raise ValueError(f"class embeddings of several sizes {sorted(dims)}: mixed models? "
+                         "rerun with --force")
+    table = vectordb.rows_table(pd.concat(frames, ignore_index=True), np.concatenate(vecs))
+    return vectordb.replace_aoi_rows(lay.lance_db, table, cfg.aoi_name, Layout.LANCE_TABLE,
+                                     cfg.vector_index_min_rows)
+
+
+def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
+    """Consolidate every grid in parallel, then load the vector DB here (the single committer)."""
+    grids = units(cfg)
+    if not grids:
+        report = StepReport(STEP)
+        report.results.append(UnitResult("grids", "failed", error=(
+            f"no processed embeddings under {cfg.layout.processed_embeddings_root}: run analyze first")))
+        return report
+    report = map_units(process_unit, cfg, grids, STEP, workers=cfg.workers, quiet=quiet)
+    done = [r.unit for r in report.results if r.status != "failed"]
+    if not done:
+        return report
+    try:
+        info = load_vector_db(cfg, done)
+        report.results.append(UnitResult("lance-db", "done", info=info))
+    except Exception as exc:  # recorded like a failed unit; the files above stay
+        report.results.append(UnitResult("lance-db", "failed", error=f"{type(exc).__name__}: {exc}"))
+    return report

@@ -1,0 +1,121 @@
+"""Step 4 on hand-made embeddings: GeoParquet, chip grids, change intensity, front-end config, LanceDB."""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+
+from fixtures.hand_embeddings import CHANGE_CHIP, CHANGE_INDEX, CHIP, DATES, GRID, GSD, D, cid
+from geofm import storage, vectordb
+from geofm.steps import analyze, consolidate
+
+WATER = {cid(0, 0), cid(0, 1)}
+
+
+def _gdf(url: str) -> gpd.GeoDataFrame:
+    if url.endswith(".parquet"):
+        return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+    return gpd.read_file(url)
+
+
+@pytest.fixture
+def consolidated(hand_embeddings):
+    cfg = hand_embeddings.cfg()
+    assert analyze.run(cfg, quiet=True).ok
+    report = consolidate.run(cfg, quiet=True)
+    assert report.ok, report.summary()
+    return hand_embeddings, cfg, report
+
+
+def test_outputs_read_in_geopandas(consolidated):
+    data, cfg, report = consolidated
+    lay = data.layout
+    rows = _gdf(lay.consolidated_output(GRID))
+    assert len(rows) == 33 and rows.crs.to_epsg() == 4326
+    assert {"cosine_sim", "patch_emb_pca_1", "patch_sim_map", "baseline_date"} <= set(rows.columns)
+    full = _gdf(lay.chip_grid_full_tile(GRID))
+    per_side = int(109_800 // (CHIP * GSD))
+    assert len(full) == per_side**2 and full.crs.to_epsg() == 4326
+    assert list(full.columns[:5]) == ["chip_id", "x_dim", "y_dim", "mgrs_grid", "aoi_name"]
+    # the tile grid's chip has the same footprint as the chip cut in step 1
+    tile_chip = full.set_index("chip_id").loc[CHANGE_CHIP].geometry
+    meta_chip = rows[rows.chip_id == CHANGE_CHIP].geometry.iloc[0]
+    assert tile_chip.symmetric_difference(meta_chip).area / meta_chip.area < 1e-9
+    aoi = _gdf(lay.chip_grid_aoi(GRID))
+    assert set(aoi["chip_id"]) == set(data.chips)
+    unit_info = next(r for r in report.results if r.unit == GRID).info
+    assert unit_info["tile_chips"] == per_side**2 and unit_info["aoi_chips"] == 6
+
+
+def test_change_intensity_layer(consolidated):
+    data, cfg, _ = consolidated
+    layer = _gdf(data.layout.change_intensity(GRID)).set_index("chip_id")
+    assert set(layer.index) == set(data.chips)
+    hit = layer.loc[CHANGE_CHIP]
+    assert hit["change_intensity"] == "High" and hit["min_sim"] < cfg.change_threshold_high
+    day = lambda v: pd.Timestamp(v).date()  # noqa: E731  (GeoJSON dates are ISO strings)
+    assert day(hit["largest_drop_date"]) == DATES[CHANGE_INDEX]
+    assert day(hit["min_sim_date"]) >= DATES[CHANGE_INDEX]
+    assert day(hit["latest_date"]) == DATES[-1] and hit["n_dates"] == 6
+    others = layer.drop(index=CHANGE_CHIP)
+    assert (others["change_intensity"] == "Low").all() and (others["min_sim"] > 0.99).all()
+    for col in ("latest_sim", "largest_drop", "baseline_date"):
+        assert col in layer.columns
+
+
+def test_frontend_config(consolidated):
+    data, cfg, _ = consolidated
+    lay = data.layout
+    doc = json.loads(storage.read_text(lay.frontend_config(GRID)))
+    assert doc["current_demo_id"] == data.aoi_name
+    conf = doc["demos"][0]["config"]
+    assert conf == consolidate.frontend_config(cfg, GRID)
+    assert (conf["aoi_name"], conf["s2_tile_id"], conf["vectordb_type"]) == (data.aoi_name, GRID, "lancedb")
+    assert conf["vectordb_collection_name"] == "vector_db" and conf["embedding_dim"] == D
+    assert conf["model"] == "spectral"
+    assert conf["similarity_search_date"] == DATES[-1].isoformat() == conf["end_date"]
+    assert conf["start_date"] == DATES[0].isoformat()
+    assert conf["baseline_start_date"] == DATES[0].isoformat() and conf["baseline_end_date"] == DATES[1].isoformat()
+    assert conf["monitoring_start_date"] == DATES[1].isoformat()
+    assert conf["change_threshold_high"] == cfg.change_threshold_high
+    for key in ("aoi_geojson", "chip_grid_geojson", "chip_grid_aoi_geojson", "chip_grid_change_intensity_geojson",
+                "metadata_path", "vectordb_path"):
+        assert storage.exists(posixpath.normpath(posixpath.join(lay.output_dir, conf[key]))), key
+    assert conf["png_thumbnail_path"] == f"rgb-imgs/l2a/{GRID}"
+
+
+def test_vector_db_rows_search_and_rerun(consolidated):
+    data, cfg, report = consolidated
+    lay = data.layout
+    tbl = vectordb.open_table(lay.lance_db)
+    assert tbl.count_rows() == 32  # 33 processed rows less the one with a NaN embedding
+    assert tbl.schema.field("vector").type.list_size == D
+    for col in ("chip_id", "x_dim", "y_dim", "date", "scene_id", "mgrs_grid", "aoi_name", "model",
+                "geometry_wkt", "minx", "miny", "maxx", "maxy", "cloud_cover_perc", "missing_data_perc",
+                "s3_location_png_thumbnail", "s3_location_netcdf", "cosine_sim", "patch_emb_pca_1"):
+        assert col in tbl.schema.names, col
+    hits = vectordb.search(lay.lance_db, chip_id=cid(0, 0), date=DATES[-1], k=5)
+    assert set(hits["chip_id"]) == WATER - {cid(0, 0)}
+    assert report.results[-1].unit == "lance-db" and report.results[-1].info["rows"] == 32
+    # rerun (skips) and forced rerun leave row counts unchanged
+    again = consolidate.run(cfg, quiet=True)
+    assert again.count("skipped") == 1
+    consolidate.run(cfg.model_copy(update={"force": True}), quiet=True)
+    assert vectordb.open_table(lay.lance_db).count_rows() == 32
+    assert len(_gdf(lay.consolidated_output(GRID))) == 33
+
+
+def test_bad_inputs(tmp_path, hand_embeddings):
+    cfg = hand_embeddings.cfg()
+    report = consolidate.run(cfg, quiet=True)  # analyze not run
+    assert not report.ok and "run analyze first" in report.failed[0].error
+    rows = pd.DataFrame({"chip_id": ["1_1", "2_1"], "x_dim": [1, 2], "y_dim": [1, 1], "chip_size": 64,
+                         "gsd": 10.0, "crs": "EPSG:32633", "utm_minx": [640.0, 1290.0],
+                         "utm_maxy": [-640.0, -640.0]})
+    with pytest.raises(ValueError, match="disagree on the tile origin"):
+        consolidate.tile_chip_grid(rows)
