@@ -268,3 +268,12 @@ def test_spectral_needs_its_bands() -> None:
     e = load_embedder("spectral")
     cls, patch = e.embed(chips(n=2), BANDS, WHEN[:2], [0, 0], [0, 0], 10.0)
     assert cls.shape == (2, 32) and patch.shape == (2, 4, 32)
+
+
+def test_default_model_prefers_imported_clay(tmp_path: Path, _isolated_cache: Path) -> None:
+    from geofm.models.registry import default_model, has_weights
+
+    assert default_model() == "spectral" and has_weights("spectral") and not has_weights("clay-v1")
+    checkpoints.import_checkpoint(get_model_spec("clay-tiny"),
+                                  official_layout_checkpoint(tmp_path / "t.ckpt", perturbed_tiny()))
+    assert default_model(["clay-v1", "clay-tiny"]) == "clay-tiny"

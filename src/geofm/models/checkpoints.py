@@ -70,7 +70,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     try:
         raw = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
-        raw = torch.load(p, map_location="cpu", weights_only=False, pickle_module=_TensorsOnlyPickle)
+        raw = torch.load(p, map_location="cpu", weights_only=False, mmap=True,
+                         pickle_module=_TensorsOnlyPickle)
     except (RuntimeError, EOFError, OSError) as exc:
         raise ValueError(f"{p}: not a readable PyTorch checkpoint ({exc})") from exc
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):

@@ -230,6 +230,17 @@ class ClayEmbedder:
         return out[:, 0].copy(), out[:, 1:].copy()
 
 
+def has_weights(name: str) -> bool:
+    """Whether ``name`` can embed meaningfully here without a download (spectral, or imported weights)."""
+    spec = get_model_spec(name)
+    return spec.kind == "spectral" or checkpoints.cached_weights_path(spec.name).is_file()
+
+
+def default_model(preferred: Sequence[str] = ("clay-v1.5", "clay-v1")) -> str:
+    """The first of ``preferred`` whose weights are in the model cache, else ``spectral`` (for demos)."""
+    return next((m for m in preferred if has_weights(m)), "spectral")
+
+
 def load_embedder(name: str, checkpoint: str | int | None = None, device: str = "auto") -> Embedder:
     """Load a registered model ready to embed; Clay weights from a file, the cache, HF, or random."""
     spec = get_model_spec(name)
