@@ -127,3 +127,16 @@ def test_forwarded_env_carries_s3_settings(monkeypatch: pytest.MonkeyPatch) -> N
     env = ray_executor.forwarded_env()
     assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["AWS_SECRET_ACCESS_KEY"] == "secret"
     assert env["GDAL_HTTP_MAX_RETRY"] == "3" and "UNRELATED_VAR" not in env and "PATH" not in env
+
+
+def test_unreachable_ray_address_fails_fast_naming_it() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError, match=f"'127.0.0.1:{port}' \\(ray_address\\)"):
+        ray_executor.check_reachable(f"127.0.0.1:{port}", timeout_s=2)
+    with pytest.raises(ConnectionError, match="ray://127.0.0.1"):
+        ray_executor.check_reachable(f"ray://127.0.0.1:{port}", timeout_s=2)
+    ray_executor.check_reachable("auto")  # left to Ray

@@ -16,6 +16,7 @@ not the driver's, and must read and write the same bucket as the driver.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,20 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when a ``host:port`` (or ``ray://host:port``) address does not answer: Ray itself
+    keeps retrying for minutes. ``auto`` and other address forms are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(
+            f"cannot connect to Ray cluster at {address!r} (ray_address): nothing answers there ({exc})"
+        ) from exc
+
+
 def connect(cfg: PipelineConfig, quiet: bool = True) -> None:
     """Connect to ``cfg.ray_address`` (or start a private local Ray when None); no-op when connected.
 
@@ -48,6 +63,7 @@ def connect(cfg: PipelineConfig, quiet: bool = True) -> None:
         "configure_logging": not quiet,
     }
     if cfg.ray_address:
+        check_reachable(cfg.ray_address)
         kwargs["address"] = cfg.ray_address
     else:  # "local": never attach to somebody else's cluster found on this machine
         kwargs.update(address="local", include_dashboard=False, num_cpus=cfg.workers or os.cpu_count() or 1)
