@@ -28,14 +28,29 @@ system-deps:
 	@if ! command -v chromium >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	fi
+	@if ! command -v npm >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; \
+	fi
 
-demo: install
+# The explorer's front end (ui/), built by Vite into the package (src/geofm/server/static/, gitignored).
+UI_BUILT := src/geofm/server/static/index.html
+UI_SOURCES := $(wildcard ui/src/*) ui/index.html ui/package.json ui/vite.config.js $(wildcard ui/package-lock.json)
+
+ui: $(UI_BUILT)
+
+$(UI_BUILT): $(UI_SOURCES)
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: run 'make system-deps' (installs nodejs/npm)"; exit 1; }
+	cd ui && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+	cd ui && npm run build
+	touch $@
+
+demo: install ui
 	$(VENV)/bin/geofm demo --out $(DEMO_OUT)
 
 lint: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: install-test system-deps
+test: install-test system-deps ui
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q -rs
 

@@ -1,0 +1,195 @@
+"""The explorer in headless Chromium (Playwright): the map loads with the chip grid, a click on the
+chip with the planted change draws a similarity chart that drops after the change date, and a
+similarity search shows k thumbnails. Screenshots of each view go to ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from geofm.server import create_app
+from geofm.server.app import STATIC_DIR
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+TIMEOUT_MS = 30_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def explorer_url(explorer_output) -> Iterator[str]:
+    """uvicorn serving the explorer on 127.0.0.1 in a thread, stopped after the module."""
+    if not (STATIC_DIR / "index.html").is_file():
+        pytest.fail(f"the front end is not built ({STATIC_DIR}/index.html missing): run `make ui`")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(str(explorer_output.root)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("explorer server did not start within 30 s")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (Debian package `chromium`; `make system-deps` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, explorer_url):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.errors = []  # uncaught page errors
+    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    yield pg
+    ctx.close()
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("[data-testid=map][data-ready=true]")
+    _idle(page)
+
+
+def _idle(page) -> None:
+    page.evaluate("""() => new Promise((resolve) => {
+        const m = window.geofmExplorer.map;
+        if (m.loaded() && m.areTilesLoaded()) resolve(); else m.once('idle', resolve);
+        setTimeout(resolve, 10000);
+    })""")
+
+
+def _click_lonlat(page, lon: float, lat: float) -> None:
+    x, y = page.evaluate("""([lon, lat]) => {
+        const m = window.geofmExplorer.map, p = m.project([lon, lat]);
+        const r = m.getCanvas().getBoundingClientRect();
+        return [r.left + p.x, r.top + p.y];
+    }""", [lon, lat])
+    page.mouse.click(x, y)
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def test_map_loads_with_chip_grid(page, explorer_url, explorer_output):
+    _open(page, explorer_url)
+    assert page.locator("[data-testid=map] canvas.maplibregl-canvas").count() == 1
+    assert page.get_attribute("[data-testid=map]", "data-grid-features") == str(len(explorer_output.classes))
+    rendered = page.evaluate("""() => {
+        const m = window.geofmExplorer.map;
+        const ids = new Set(m.queryRenderedFeatures({layers: ['grid-fill']}).map((f) => f.properties.chip_id));
+        return {grid: !!m.getLayer('grid-line'), imagery: !!m.getLayer('imagery'), chips: ids.size};
+    }""")
+    assert rendered == {"grid": True, "imagery": True, "chips": len(explorer_output.classes)}
+    assert page.get_attribute("[data-testid=map]", "data-imagery-date") == explorer_output.dates[-1]
+    assert page.locator("[data-testid=error]").is_hidden()
+    assert page.errors == []
+    _shot(page, "explorer-map")
+
+
+def test_change_chart_drops_after_planted_change(page, explorer_url, explorer_output):
+    _open(page, explorer_url + "?mode=change")
+    # the chip with planted change, as the change-intensity layer marks it
+    fc = json.loads(page.evaluate(
+        f"() => fetch('api/aois/{explorer_output.aoi}/grids/{explorer_output.grid}/change-intensity')"
+        ".then((r) => r.text())"))
+    high = [f["properties"]["chip_id"] for f in fc["features"] if f["properties"]["change_intensity"] == "High"]
+    assert explorer_output.change_chip in high
+    _click_lonlat(page, *explorer_output.chip_centres[explorer_output.change_chip])
+    svg = page.wait_for_selector("[data-testid=chart-svg]")
+    values = json.loads(svg.get_attribute("data-values"))
+    dates = json.loads(svg.get_attribute("data-dates"))
+    before = [v for d, v in zip(dates, values, strict=True) if d < explorer_output.change_date]
+    after = [v for d, v in zip(dates, values, strict=True) if d >= explorer_output.change_date]
+    assert before and after
+    assert min(before) - max(after) > 0.1, (dates, values)
+    assert page.locator("[data-testid=severity]").get_attribute("data-level") == "High"
+    assert page.locator("[data-testid=legend]").is_visible()
+    assert page.locator("[data-testid=trend-line]").count() == 1
+    # a click on the first date after the change shows that date's thumbnail and patch map
+    page.locator(f"[data-testid=chart-point][data-date='{explorer_output.change_date}']").click()
+    page.wait_for_selector(f"[data-testid=date-view][data-date='{explorer_output.change_date}']")
+    page.wait_for_function("() => document.querySelector('[data-testid=date-thumbnail]').naturalWidth > 0")
+    assert page.get_attribute("[data-testid=map]", "data-patch-map") == \
+        f"{explorer_output.change_chip}@{explorer_output.change_date}"
+    assert page.get_attribute("[data-testid=map]", "data-imagery-date") == explorer_output.change_date
+    _idle(page)
+    cells = page.evaluate("""() => window.geofmExplorer.map.queryRenderedFeatures({layers: ['patch-map']})
+        .map((f) => [f.properties.patch, f.properties.sim])""")
+    sims = {int(k): v for k, v in cells}
+    g = round(len(sims) ** 0.5)
+    assert g * g == len(sims) and g > 1
+    changed = {k for k, v in sims.items() if v < 0.8}
+    assert changed and changed != set(sims)  # the change is localised inside the chip
+    # before/after shows two loaded thumbnails, first and last dates by default
+    page.wait_for_function("() => ['before-img', 'after-img'].every((id) => document.getElementById(id).naturalWidth > 0)")
+    assert page.input_value("[data-testid=before-date]") == explorer_output.dates[0]
+    assert page.input_value("[data-testid=after-date]") == explorer_output.dates[-1]
+    _idle(page)
+    assert page.errors == []
+    _shot(page, "explorer-change")
+
+
+def test_similarity_search_shows_k_thumbnails(page, explorer_url, explorer_output):
+    _open(page, explorer_url)
+    query = next(c for c, cls in explorer_output.classes.items() if cls == "forest" and c != explorer_output.change_chip)
+    _click_lonlat(page, *explorer_output.chip_centres[query])
+    page.wait_for_selector("[data-testid=results][data-state=done]")
+    assert page.locator("[data-testid=result-item]").count() == 5
+    # raise k to 7 with the slider: the results follow
+    page.evaluate("""() => { const s = document.querySelector('[data-testid=k-slider]');
+        s.value = '7'; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change')); }""")
+    page.wait_for_selector("[data-testid=results][data-count='7']")
+    items = page.locator("[data-testid=result-item]")
+    assert items.count() == 7
+    chips = [items.nth(i).get_attribute("data-chip-id") for i in range(7)]
+    assert query not in chips
+    assert sum(explorer_output.classes[c] == "forest" for c in chips) >= 6  # 7 forest chips besides the query
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=result-item] img')]"
+                           ".every((img) => img.complete && img.naturalWidth > 0)")
+    assert page.locator("[data-testid=selected-thumbnail]").is_visible()
+    outlined = page.evaluate("() => window.geofmExplorer.map.getSource('results')._data.features.length")
+    assert outlined == 7
+    _idle(page)
+    assert page.errors == []
+    _shot(page, "explorer-similarity")
+
+
+def test_api_errors_are_shown(page, explorer_url):
+    page.goto(explorer_url + "?aoi=nowhere")
+    err = page.wait_for_selector("[data-testid=error]:not([hidden])")
+    assert "nowhere" in err.inner_text() and "404" in err.inner_text()
+    _shot(page, "explorer-error")
