@@ -30,7 +30,7 @@ from geofm.scene import SceneReader, item_datetime, load_item
 
 STEP = "preprocess"
 NETCDF_ENGINE = "h5netcdf"
-NETCDF_COMPLEVEL = 4
+NETCDF_COMPLEVEL = 1  # with the shuffle filter: smaller and faster than level 4 without it
 log = logging.getLogger(__name__)
 
 META_COLUMNS = [
@@ -97,7 +97,7 @@ def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, 
 
 
 def netcdf_bytes(ds: xr.Dataset) -> bytes:
-    encoding = {v: {"zlib": True, "complevel": NETCDF_COMPLEVEL} for v in ds.data_vars}
+    encoding = {v: {"zlib": True, "complevel": NETCDF_COMPLEVEL, "shuffle": True} for v in ds.data_vars}
     return bytes(ds.to_netcdf(engine=NETCDF_ENGINE, encoding=encoding))
 
 
