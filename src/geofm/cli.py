@@ -179,7 +179,7 @@ def run(
     console.print("[bold]parameters[/bold]\n" + cfg.to_yaml())
     try:
         pipeline.check_inputs(cfg, chosen)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
         fail(str(exc))
     if dry_run:
         import json

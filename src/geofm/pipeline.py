@@ -103,6 +103,10 @@ def check_inputs(cfg: PipelineConfig, steps: list[str]) -> None:
         if not storage.list_files(cfg.layout.scenes_dir, "_metadata.json"):
             raise ValueError(f"no scenes in {cfg.layout.scenes_dir}: run discover first (or `geofm synth`)")
     storage.ensure_writable(cfg.layout.output_dir)
+    if cfg.executor == "ray":
+        from geofm.ray_executor import connect
+
+        connect(cfg)  # a wrong address fails here, naming it, before any work
 
 
 def plan(cfg: PipelineConfig, steps: list[str]) -> dict[str, Any]:
@@ -165,6 +169,10 @@ def run_pipeline(
         record.error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        if cfg.executor == "ray":
+            from geofm.ray_executor import shutdown
+
+            shutdown()
         record.seconds = time.perf_counter() - start
         record.finished = datetime.now(UTC).isoformat()
         storage.write_json(cfg.layout.run_record(run_id), record.to_dict())
