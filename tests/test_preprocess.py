@@ -435,3 +435,29 @@ def test_synth_pixels_and_planted_cloud_shares(synth_run: tuple[PipelineConfig, 
     for name in ("rededge2", "swir22", "nir09"):
         expected = bilinear_reference(item["assets"][name]["href"], ds.x.values, ds.y.values, offset)
         np.testing.assert_allclose(ds[name].values, expected, atol=1e-3, rtol=0)
+
+
+def test_real_full_tile_jp2_nodata_wedge_gives_missing_share(shared_data: Path, tmp_path: Path) -> None:
+    """Whole-tile 120 m JPEG2000 files (georeferenced by .aux.xml sidecars): the grid comes from the
+    files, not from the items' 10 m proj:* fields, and the real nodata wedge is counted as missing."""
+    folder = shared_data / "s2l2a-33TWL-full120m" / "sentinel-2-l2a" / "S2B_33TWL_20230810_0_L2A"
+    x0, y0 = 499980.0, 5100000.0
+    aoi = write_aoi(tmp_path / "aoi.geojson", x0 + 10 * 120, y0 - 60 * 120, x0 + 100 * 120, y0 - 10 * 120)
+    cfg = PipelineConfig(aoi_name="full", aoi=aoi, output_root=str(tmp_path / "out"), s2_bands=RGBN,
+                         chip_size=CHIP, workers=1, retries=0)
+    install_item(cfg, json.loads((folder / f"{folder.name}.json").read_text()), folder)
+    assert preprocess.run(cfg, quiet=True).ok
+    meta = preprocess.read_meta(cfg.layout.meta(folder.name)).set_index("chip_id")
+    assert sorted(meta.index) == ["0_0", "1_0"]
+    assert (meta.loc["0_0", "utm_minx"], meta.loc["0_0", "utm_maxy"]) == (x0, y0)
+    bands = []
+    for f in ("B02", "B03", "B04", "B08"):
+        with rasterio.open(folder / f"{f}.tif") as src:
+            bands.append(src.read(1, window=((0, CHIP), (0, CHIP))))
+    missing = np.any(np.stack(bands) == 0, axis=0)
+    assert 0 < missing.mean() < 0.2
+    assert meta.loc["0_0", "missing_data_perc"] == pytest.approx(missing.mean())
+    assert meta.loc["1_0", "missing_data_perc"] == 0.0
+    ds = xr.open_dataset(meta.loc["0_0", "s3_location_netcdf"])
+    np.testing.assert_array_equal(np.isnan(ds.blue.values), bands[0] == 0)
+    np.testing.assert_array_equal(ds.nir.values[~missing], bands[3][~missing].astype(np.float32))
