@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from datetime import date
 
 import geopandas as gpd
 import pandas as pd
 import pytest
 
 from fixtures.hand_embeddings import CHANGE_CHIP, CHANGE_INDEX, CHIP, DATES, GRID, GSD, D, cid
-from geofm import storage, vectordb
+from geofm import change, storage, vectordb
 from geofm.steps import analyze, consolidate
 
 WATER = {cid(0, 0), cid(0, 1)}
@@ -57,7 +58,9 @@ def test_change_intensity_layer(consolidated):
     layer = _gdf(data.layout.change_intensity(GRID)).set_index("chip_id")
     assert set(layer.index) == set(data.chips)
     hit = layer.loc[CHANGE_CHIP]
-    assert hit["change_intensity"] == "High" and hit["min_sim"] < cfg.change_threshold_high
+    assert hit["min_sim"] < cfg.change_threshold_medium
+    expected = "High" if hit["min_sim"] < cfg.change_threshold_high else "Medium"
+    assert hit["change_intensity"] == expected
     day = lambda v: pd.Timestamp(v).date()  # noqa: E731  (GeoJSON dates are ISO strings)
     assert day(hit["largest_drop_date"]) == DATES[CHANGE_INDEX]
     assert day(hit["min_sim_date"]) >= DATES[CHANGE_INDEX]
@@ -108,6 +111,19 @@ def test_vector_db_rows_search_and_rerun(consolidated):
     consolidate.run(cfg.model_copy(update={"force": True}), quiet=True)
     assert vectordb.open_table(lay.lance_db).count_rows() == 32
     assert len(_gdf(lay.consolidated_output(GRID))) == 33
+
+
+def test_change_summary_rules():
+    days = [date(2023, m, 1) for m in range(1, 7)]
+    sims = [0.9, 1.0, 0.95, float("nan"), 0.5, 0.7]  # baseline on day 2; the NaN date is skipped
+    s = change.change_summary(days, sims, days[1], high=0.3, medium=0.6)
+    assert (s["min_sim"], s["min_sim_date"], s["latest_sim"], s["latest_date"]) == (0.5, days[4], 0.7, days[5])
+    assert s["largest_drop"] == pytest.approx(0.45) and s["largest_drop_date"] == days[4]
+    assert s["n_dates"] == 5 and s["change_intensity"] == "Medium"
+    assert change.change_summary(days, sims, days[1], high=0.55, medium=0.6)["change_intensity"] == "High"
+    assert change.change_summary(days, sims, days[1], high=0.3, medium=0.4)["change_intensity"] == "Low"
+    only = change.change_summary(days[:1], [1.0], days[0], 0.3, 0.6)  # nothing after the baseline
+    assert only["change_intensity"] == "Low" and only["min_sim_date"] is None
 
 
 def test_bad_inputs(tmp_path, hand_embeddings):

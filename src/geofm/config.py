@@ -61,11 +61,14 @@ class PipelineConfig(BaseModel):
     analyze_max_missing: float = Field(0.0, ge=0, le=1, description="Missing share limit for step 3 rows.")
     baseline_max_cloud: float = Field(
         0.0, ge=0, le=1, description="Baseline 'first-clear': first date with a cloud share at most this.")
-    patch_change_threshold: float = Field(0.8, description="Per-patch similarity below this = changed.")
+    # Change thresholds are tuned for the weights-free `spectral` encoder on synthetic scenes (planted
+    # changes fall to ~0.1, seasonal change of unchanged chips stays above ~0.45). Clay similarities
+    # sit on another scale (higher, narrower): calibrate them per AOI (see README, "change thresholds").
+    patch_change_threshold: float = Field(0.5, description="Per-patch similarity below this = changed.")
 
     # ---- step 4: consolidate ---------------------------------------------------------------
-    change_threshold_high: float = Field(0.80, description="Lowest similarity below this: High change.")
-    change_threshold_medium: float = Field(0.90, description="Lowest similarity below this: Medium.")
+    change_threshold_high: float = Field(0.30, description="Similarity below this: changed (High).")
+    change_threshold_medium: float = Field(0.60, description="Lowest similarity below this: Medium.")
     vector_index_min_rows: int = Field(100_000, ge=1, description="Build an ANN index from this size.")
 
     # ---- running ---------------------------------------------------------------------------
