@@ -461,3 +461,16 @@ def test_real_full_tile_jp2_nodata_wedge_gives_missing_share(shared_data: Path, 
     ds = xr.open_dataset(meta.loc["0_0", "s3_location_netcdf"])
     np.testing.assert_array_equal(np.isnan(ds.blue.values), bands[0] == 0)
     np.testing.assert_array_equal(ds.nir.values[~missing], bands[3][~missing].astype(np.float32))
+
+
+def test_aoi_missing_the_scene_writes_an_empty_meta(tmp_path: Path) -> None:
+    aoi = write_aoi(tmp_path / "aoi.geojson", ORIGIN[0] + 50_000, ORIGIN[1] - 50_000, ORIGIN[0] + 51_000,
+                    ORIGIN[1] - 49_000)
+    cfg = PipelineConfig(aoi_name="e", aoi=aoi, output_root=str(tmp_path / "out"), s2_bands=["red"],
+                         chip_size=CHIP, workers=1, retries=0)
+    scene = "S2A_33TWL_20230601_0_L2A"
+    install_item(cfg, make_scene(tmp_path / "s", scene, 1), tmp_path / "s")
+    assert preprocess.run(cfg, quiet=True).results[0].info["chips"] == 0
+    meta = preprocess.read_meta(cfg.layout.meta(scene))
+    assert len(meta) == 0 and list(meta.columns) == preprocess.META_COLUMNS and meta.crs.to_epsg() == 4326
+    assert preprocess.process_unit(cfg, scene) == {"skipped": True}
