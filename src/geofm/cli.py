@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,8 +68,13 @@ def build_config(
         raise typer.Exit(2) from None
 
 
-def finish(report: StepReport) -> None:
-    """Print a step summary and exit non-zero when any unit failed."""
+def finish(run_step: Callable[[], StepReport]) -> None:
+    """Run a step, print its summary and exit non-zero when any unit failed; input errors found
+    before any work (a bad AOI, no scenes) exit 2 with their message, not a traceback."""
+    try:
+        report = run_step()
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
+        fail(str(exc))
     console.print(report.summary())
     if not report.ok:
         raise typer.Exit(1)
@@ -111,7 +117,7 @@ def preprocess(
 
     cfg = build_config(config, aoi, aoi_name, out, None, None, set_, chip_size=chip_size,
                        whole_tile=whole_tile or None, force=force or None)
-    finish(step.run(cfg, quiet=quiet))
+    finish(lambda: step.run(cfg, quiet=quiet))
 
 
 @app.command()
@@ -128,7 +134,7 @@ def embed(
 
     cfg = build_config(config, None, aoi_name, out, None, None, set_, model=model, checkpoint=checkpoint,
                        batch_size=batch_size, device=device, force=force or None)
-    finish(step.run(cfg, quiet=quiet))
+    finish(lambda: step.run(cfg, quiet=quiet))
 
 
 @app.command()
@@ -140,7 +146,7 @@ def analyze(
     from geofm.steps import analyze as step
 
     cfg = build_config(config, None, aoi_name, out, None, None, set_, force=force or None)
-    finish(step.run(cfg, quiet=quiet))
+    finish(lambda: step.run(cfg, quiet=quiet))
 
 
 @app.command()
@@ -152,7 +158,7 @@ def consolidate(
     from geofm.steps import consolidate as step
 
     cfg = build_config(config, aoi, aoi_name, out, None, None, set_, force=force or None)
-    finish(step.run(cfg, quiet=quiet))
+    finish(lambda: step.run(cfg, quiet=quiet))
 
 
 @app.command()
@@ -186,7 +192,10 @@ def run(
 
         console.print("[bold]plan[/bold]\n" + json.dumps(pipeline.plan(cfg, chosen), indent=2))
         return
-    record = pipeline.run_pipeline(cfg, chosen, quiet=quiet)
+    try:
+        record = pipeline.run_pipeline(cfg, chosen, quiet=quiet)
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
+        fail(str(exc))
     console.print(record.summary())
     console.print(f"run record: {cfg.layout.run_record(record.run_id)}")
     if not record.ok:

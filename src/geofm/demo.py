@@ -20,12 +20,10 @@ DEMO_EXTENT_M = 10240.0
 
 
 def pick_model(requested: str) -> str:
-    """``auto``: Clay v1.5 when its weights are in the model cache, else the weights-free ``spectral``."""
-    if requested != "auto":
-        return requested
-    from geofm.models.checkpoints import cached_weights
+    """``auto``: Clay when its weights are in the model cache, else the weights-free ``spectral``."""
+    from geofm.models.registry import default_model
 
-    return "clay-v1.5" if cached_weights("clay-v1.5") is not None else "spectral"
+    return default_model() if requested == "auto" else requested
 
 
 def _changed_chips(cfg: PipelineConfig, grid: str) -> gpd.GeoDataFrame:
@@ -36,7 +34,9 @@ def _changed_chips(cfg: PipelineConfig, grid: str) -> gpd.GeoDataFrame:
 
 def _truth_chips(truth_path: str, chips: gpd.GeoDataFrame) -> dict[str, str]:
     """chip_id -> planted change kind, for chips that overlap a planted change by a quarter or more."""
-    truth = gpd.read_file(truth_path).to_crs(chips.crs)
+    utm = chips.estimate_utm_crs()
+    chips = chips.to_crs(utm)
+    truth = gpd.read_file(truth_path).to_crs(utm)
     out: dict[str, str] = {}
     for _, t in truth.iterrows():
         share = chips.geometry.intersection(t.geometry).area / chips.geometry.area
@@ -48,7 +48,6 @@ def _truth_chips(truth_path: str, chips: gpd.GeoDataFrame) -> dict[str, str]:
 def run_demo(out: str, model: str = "auto", quiet: bool = False, console: Console | None = None) -> int:
     """Run the demo end to end into ``out``; returns the exit code (0 when every step succeeded)."""
     from geofm.synth import synthesize
-    from geofm.vectordb import search
 
     console = console or Console()
     chosen = pick_model(model)
@@ -82,7 +81,10 @@ def run_demo(out: str, model: str = "auto", quiet: bool = False, console: Consol
                   f"in {len(truth)} chips")
     query: dict[str, Any] = {"chip_id": str(chips.sort_values("min_sim").iloc[-1]["chip_id"])}
     latest = str(chips["latest_date"].max())[:10]
-    hits = search(cfg.layout.lance_db, chip_id=query["chip_id"], date=latest, k=5)
+    from geofm.vectordb import search
+
+    hits = search(cfg.layout.lance_db, chip_id=query["chip_id"], date=latest, k=5,
+                  date_range=(latest, latest))
     console.print(f"similarity search from chip {query['chip_id']} on {latest}:")
     console.print(hits[["chip_id", "date", "score"]].to_string(index=False))
     console.print(f"\nOpen the explorer: [bold].venv/bin/geofm serve --out {out}[/bold] "
