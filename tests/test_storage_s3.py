@@ -157,7 +157,7 @@ def test_rasterio_reads_cog_window_from_s3(s3_bucket: str, tmp_path: Path) -> No
     url = f"s3://{s3_bucket}/sentinel-cogs/20/L/PP/B04.tif"
     storage.upload_file(local, url)
     window = Window(300, 100, 64, 48)
-    with rasterio.Env(**storage.gdal_env()), rasterio.open(url) as src:
+    with rasterio.Env(**storage.gdal_env(url)), rasterio.open(url) as src:
         remote = src.read(1, window=window)
         assert src.crs.to_epsg() == 32620
         assert src.transform == from_origin(600000, 8700000, 10, 10)
@@ -174,6 +174,9 @@ def test_gdal_env_follows_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["AWS_HTTPS"] == "NO" and env["AWS_VIRTUAL_HOSTING"] == "FALSE"
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert "AWS_S3_ENDPOINT" not in storage.gdal_env()
+    # listing on open is only switched off for remote files: local ones may have .aux.xml sidecars
+    assert storage.gdal_env("s3://b/B04.tif")["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+    assert "GDAL_DISABLE_READDIR_ON_OPEN" not in storage.gdal_env("/data/B04.tif")
 
 
 def test_lancedb_storage_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,11 +176,7 @@ class SceneReader:
     def __enter__(self) -> SceneReader:
         names = [*self.bands, sentinel2.SCL_NAME]
         hrefs = {n: asset_href(self.item, n, self.item_url, self.scene_id) for n in names}  # all first
-        env = storage.gdal_env()
-        if not any(storage.is_remote(h) for h in hrefs.values()):
-            # local files may be georeferenced by .aux.xml sidecars, which GDAL only finds by listing
-            env.pop("GDAL_DISABLE_READDIR_ON_OPEN", None)
-        self._stack.enter_context(rasterio.Env(**env))
+        self._stack.enter_context(rasterio.Env(**storage.gdal_env(*hrefs.values())))
         try:
             for name in names:
                 try:

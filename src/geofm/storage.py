@@ -185,10 +185,16 @@ def ensure_writable(url: str) -> None:
         raise PermissionError(f"output location {url!r} is not writable: {exc}") from exc
 
 
-def gdal_env() -> dict[str, str]:
-    """GDAL config options so rasterio reads ``s3://`` from the endpoint in ``AWS_ENDPOINT_URL``."""
+def gdal_env(*hrefs: str) -> dict[str, str]:
+    """GDAL config options so rasterio reads ``s3://`` from the endpoint in ``AWS_ENDPOINT_URL``.
+
+    Directory listing on open is switched off only when one of ``hrefs`` is remote (it costs requests
+    there); local files keep it, since their georeferencing may sit in ``.aux.xml`` sidecars.
+    """
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    opts: dict[str, str] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_USE_HEAD": "NO"}
+    opts: dict[str, str] = {"CPL_VSIL_CURL_USE_HEAD": "NO"}
+    if any(is_remote(h) for h in hrefs):
+        opts["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
     if endpoint:
         parsed = urlparse(endpoint)
         opts["AWS_S3_ENDPOINT"] = parsed.netloc

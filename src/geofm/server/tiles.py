@@ -46,7 +46,7 @@ def _href(item_url: str, asset: dict[str, Any]) -> str:
 
 
 def _read_tile(href: str, x: int, y: int, z: int, indexes: int | tuple[int, ...] | None) -> ImageData:
-    with rasterio.Env(**storage.gdal_env()), Reader(href) as src:
+    with rasterio.Env(**storage.gdal_env(href)), Reader(href) as src:
         return src.tile(x, y, z, tilesize=TILE_SIZE, indexes=indexes)
 
 
