@@ -139,6 +139,8 @@ def run_step(cfg: PipelineConfig, step: str, quiet: bool = False) -> StepReport:
         try:
             items = discover(cfg)
             report.results.append(UnitResult("search", "done", info={"scenes": len(items)}))
+        except ValueError:  # input errors (bad AOI, no scenes found) come before any work: raised
+            raise
         except Exception as exc:  # recorded: the run stops after a failed discovery
             report.results.append(UnitResult("search", "failed", error=f"{type(exc).__name__}: {exc}"))
         report.seconds = time.perf_counter() - start
@@ -158,6 +160,7 @@ def run_pipeline(
     run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     record = RunRecord(run_id, cfg.model_dump(mode="json"), steps, datetime.now(UTC).isoformat())
     start = time.perf_counter()
+    input_error = False
     try:
         for step in steps:
             report = run_step(cfg, step, quiet=quiet)
@@ -167,6 +170,8 @@ def run_pipeline(
                 break
     except Exception as exc:
         record.error = f"{type(exc).__name__}: {exc}"
+        # an input error before any step did work (e.g. no scenes found) writes nothing, not even a record
+        input_error = isinstance(exc, ValueError) and not record.reports
         raise
     finally:
         if cfg.executor == "ray":
@@ -175,5 +180,6 @@ def run_pipeline(
             shutdown()
         record.seconds = time.perf_counter() - start
         record.finished = datetime.now(UTC).isoformat()
-        storage.write_json(cfg.layout.run_record(run_id), record.to_dict())
+        if not input_error:
+            storage.write_json(cfg.layout.run_record(run_id), record.to_dict())
     return record
