@@ -107,13 +107,18 @@ def _shot(page, name: str) -> None:
 def test_map_loads_with_chip_grid(page, explorer_url, explorer_output):
     _open(page, explorer_url)
     assert page.locator("[data-testid=map] canvas.maplibregl-canvas").count() == 1
-    assert page.get_attribute("[data-testid=map]", "data-grid-features") == str(len(explorer_output.classes))
+    options = page.locator("[data-testid=aoi-select] option").all_inner_texts()
+    assert options == [f"{explorer_output.aoi}/{explorer_output.grid}", f"{explorer_output.hand.aoi}/{explorer_output.hand.grid}"]
+    n_grid = len(json.loads(page.evaluate(
+        f"() => fetch('api/aois/{explorer_output.aoi}/grids/{explorer_output.grid}/chip-grid')"
+        ".then((r) => r.text())"))["features"])
+    assert page.get_attribute("[data-testid=map]", "data-grid-features") == str(n_grid)
     rendered = page.evaluate("""() => {
         const m = window.geofmExplorer.map;
         const ids = new Set(m.queryRenderedFeatures({layers: ['grid-fill']}).map((f) => f.properties.chip_id));
         return {grid: !!m.getLayer('grid-line'), imagery: !!m.getLayer('imagery'), chips: ids.size};
     }""")
-    assert rendered == {"grid": True, "imagery": True, "chips": len(explorer_output.classes)}
+    assert rendered == {"grid": True, "imagery": True, "chips": n_grid}
     assert page.get_attribute("[data-testid=map]", "data-imagery-date") == explorer_output.dates[-1]
     assert page.locator("[data-testid=error]").is_hidden()
     assert page.errors == []
@@ -152,8 +157,7 @@ def test_change_chart_drops_after_planted_change(page, explorer_url, explorer_ou
     sims = {int(k): v for k, v in cells}
     g = round(len(sims) ** 0.5)
     assert g * g == len(sims) and g > 1
-    changed = {k for k, v in sims.items() if v < 0.8}
-    assert changed and changed != set(sims)  # the change is localised inside the chip
+    assert sum(v < 0.8 for v in sims.values()) > 0.9 * len(sims)  # the whole chip changed
     # before/after shows two loaded thumbnails, first and last dates by default
     page.wait_for_function("() => ['before-img', 'after-img'].every((id) => document.getElementById(id).naturalWidth > 0)")
     assert page.input_value("[data-testid=before-date]") == explorer_output.dates[0]
@@ -165,7 +169,7 @@ def test_change_chart_drops_after_planted_change(page, explorer_url, explorer_ou
 
 def test_similarity_search_shows_k_thumbnails(page, explorer_url, explorer_output):
     _open(page, explorer_url)
-    query = next(c for c, cls in explorer_output.classes.items() if cls == "forest" and c != explorer_output.change_chip)
+    query = explorer_output.edge_chip
     _click_lonlat(page, *explorer_output.chip_centres[query])
     page.wait_for_selector("[data-testid=results][data-state=done]")
     assert page.locator("[data-testid=result-item]").count() == 5
@@ -177,7 +181,8 @@ def test_similarity_search_shows_k_thumbnails(page, explorer_url, explorer_outpu
     assert items.count() == 7
     chips = [items.nth(i).get_attribute("data-chip-id") for i in range(7)]
     assert query not in chips
-    assert sum(explorer_output.classes[c] == "forest" for c in chips) >= 6  # 7 forest chips besides the query
+    scores = [float(items.nth(i).get_attribute("data-score")) for i in range(7)]
+    assert scores == sorted(scores, reverse=True)
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=result-item] img')]"
                            ".every((img) => img.complete && img.naturalWidth > 0)")
     assert page.locator("[data-testid=selected-thumbnail]").is_visible()

@@ -1,5 +1,7 @@
 """The explorer's JSON API (FastAPI TestClient) on the explorer output fixture: every route, 404s,
-bounds on k and thresholds, and path-traversal attempts."""
+bounds on k and thresholds, and path-traversal attempts. Exact values are checked on the hand-made
+AOI (``hand``); the pipeline AOI (``explorer``, synthetic scenes through steps 1-4) is checked against
+the synthetic ground truth: planted changes, land cover."""
 
 from __future__ import annotations
 
@@ -22,7 +24,18 @@ def client(explorer_output) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def base(explorer_output) -> str:
+def hand(explorer_output):
+    """The hand-made AOI in the same output root."""
+    return explorer_output.hand
+
+
+@pytest.fixture(scope="module")
+def base(hand) -> str:
+    return f"/api/aois/{hand.aoi}/grids/{hand.grid}"
+
+
+@pytest.fixture(scope="module")
+def pbase(explorer_output) -> str:
     return f"/api/aois/{explorer_output.aoi}/grids/{explorer_output.grid}"
 
 
@@ -32,44 +45,45 @@ def _png(resp) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGBA"))
 
 
-def test_lists_aois_and_grids(client, explorer_output):
-    assert client.get("/api/aois").json() == [{"aoi_name": explorer_output.aoi, "grids": [explorer_output.grid]}]
+def test_lists_aois_and_grids(client, explorer_output, hand):
+    assert client.get("/api/aois").json() == [{"aoi_name": explorer_output.aoi, "grids": [explorer_output.grid]},
+                                              {"aoi_name": hand.aoi, "grids": [hand.grid]}]
     aoi = client.get(f"/api/aois/{explorer_output.aoi}").json()
     assert aoi["grids"] == [explorer_output.grid]
     assert aoi["aoi_geojson"]["type"] == "FeatureCollection"
 
 
-def test_grid_summary_and_config(client, base, explorer_output):
+def test_grid_summary_and_config(client, base, hand):
     s = client.get(base).json()
-    assert s["dates"] == explorer_output.dates
-    assert s["imagery_dates"] == explorer_output.dates
-    assert s["chip_count"] == len(explorer_output.classes)
+    assert s["dates"] == hand.dates
+    assert s["imagery_dates"] == hand.dates
+    assert s["chip_count"] == len(hand.classes)
     assert "cosine_sim" in s["series_fields"] and "patch_emb_pca_1" in s["series_fields"]
-    lon, lat = explorer_output.chip_centres["0_0"]
+    lon, lat = hand.chip_centres["0_0"]
     minx, miny, maxx, maxy = s["bounds"]
     assert minx < lon < maxx and miny < lat < maxy
     cfg = client.get(f"{base}/config").json()
-    assert cfg == s["config"] and cfg["demos"][0]["config"]["s2_tile_id"] == explorer_output.grid
+    assert cfg == s["config"] and cfg["demos"][0]["config"]["s2_tile_id"] == hand.grid
 
 
-def test_geojson_layers(client, base, explorer_output):
+def test_geojson_layers(client, base, hand):
     grid = client.get(f"{base}/chip-grid").json()
-    assert {f["properties"]["chip_id"] for f in grid["features"]} == set(explorer_output.classes)
+    assert {f["properties"]["chip_id"] for f in grid["features"]} == set(hand.classes)
     assert len(client.get(f"{base}/chip-grid", params={"extent": "full"}).json()["features"]) == 16
     assert client.get(f"{base}/chip-grid", params={"extent": "world"}).status_code == 422
     change = client.get(f"{base}/change-intensity").json()
     levels = {f["properties"]["chip_id"]: f["properties"]["change_intensity"] for f in change["features"]}
-    assert levels[explorer_output.change_chip] == "High"
-    assert all(v == "Low" for k, v in levels.items() if k != explorer_output.change_chip)
+    assert levels[hand.change_chip] == "High"
+    assert all(v == "Low" for k, v in levels.items() if k != hand.change_chip)
 
 
-def test_chip_series_drops_after_the_change(client, base, explorer_output):
-    r = client.get(f"{base}/chips/{explorer_output.change_chip}").json()
-    assert r["dates"] == explorer_output.dates
-    cut = explorer_output.dates.index(explorer_output.change_date)
+def test_chip_series_drops_after_the_change(client, base, hand):
+    r = client.get(f"{base}/chips/{hand.change_chip}").json()
+    assert r["dates"] == hand.dates
+    cut = hand.dates.index(hand.change_date)
     sims = r["series"]["cosine_sim"]
     assert min(sims[:cut]) > 0.95 and max(sims[cut:]) < 0.8
-    assert r["baseline_date"] == explorer_output.dates[0]
+    assert r["baseline_date"] == hand.dates[0]
     assert r["change"]["change_intensity"] == "High"
     assert len(r["series"]["patch_emb_pca_1"]) == len(r["dates"])
     g = r["patch_grid"]
@@ -79,37 +93,37 @@ def test_chip_series_drops_after_the_change(client, base, explorer_output):
     assert min(steady["series"]["cosine_sim"]) > 0.95
 
 
-def test_thumbnail_colours(client, base, explorer_output):
-    water = _png(client.get(f"{base}/chips/0_0/thumbnail", params={"date": explorer_output.dates[0]}))
+def test_thumbnail_colours(client, base, hand):
+    water = _png(client.get(f"{base}/chips/0_0/thumbnail", params={"date": hand.dates[0]}))
     assert water[..., 2].mean() > water[..., 0].mean()  # blue over red
-    late = _png(client.get(f"{base}/chips/{explorer_output.change_chip}/thumbnail",
-                           params={"date": explorer_output.dates[-1]}))
+    late = _png(client.get(f"{base}/chips/{hand.change_chip}/thumbnail",
+                           params={"date": hand.dates[-1]}))
     w = late.shape[1]
     assert late[:, : w // 2, 0].mean() > 200 and late[:, w // 2:, 1].mean() > late[:, w // 2:, 0].mean()
 
 
-def test_search_hits_share_the_class(client, base, explorer_output):
+def test_search_hits_share_the_class(client, base, hand):
     r = client.get(f"{base}/search", params={"chip_id": "2_2", "k": 5}).json()
-    assert r["date"] == explorer_output.dates[-1]
+    assert r["date"] == hand.dates[-1]
     hits = r["results"]
     assert len(hits) == 5
-    assert all(explorer_output.classes[h["chip_id"]] == "forest" for h in hits)
-    assert all(h["date"] == explorer_output.dates[-1] and h["chip_id"] != "2_2" for h in hits)
+    assert all(hand.classes[h["chip_id"]] == "forest" for h in hits)
+    assert all(h["date"] == hand.dates[-1] and h["chip_id"] != "2_2" for h in hits)
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.9
     img = _png(client.get(hits[0]["thumbnail_url"]))
     assert img[..., 1].mean() > img[..., 0].mean()  # forest thumbnail is green
 
 
-def test_search_threshold_and_dates(client, base, explorer_output):
-    params = {"chip_id": "0_0", "date": explorer_output.dates[0], "k": 100}
+def test_search_threshold_and_dates(client, base, hand):
+    params = {"chip_id": "0_0", "date": hand.dates[0], "k": 100}
     everything = client.get(f"{base}/search", params=params).json()["results"]
     assert len(everything) == 15  # every other chip on that date
     water = client.get(f"{base}/search", params={**params, "min_score": 0.9}).json()["results"]
-    assert {explorer_output.classes[h["chip_id"]] for h in water} == {"water"} and len(water) == 7
-    ranged = client.get(f"{base}/search", params={**params, "start": explorer_output.dates[1],
-                                                  "end": explorer_output.dates[2]}).json()["results"]
-    assert len(ranged) == 30 and {h["date"] for h in ranged} == set(explorer_output.dates[1:3])
+    assert {hand.classes[h["chip_id"]] for h in water} == {"water"} and len(water) == 7
+    ranged = client.get(f"{base}/search", params={**params, "start": hand.dates[1],
+                                                  "end": hand.dates[2]}).json()["results"]
+    assert len(ranged) == 30 and {h["date"] for h in ranged} == set(hand.dates[1:3])
 
 
 @pytest.mark.parametrize("params", [
@@ -128,13 +142,13 @@ def test_search_unknown_chip_or_date(client, base):
     assert r.status_code == 404 and "2023-01-01" in r.json()["detail"]
 
 
-def test_tile_from_cogs_shows_the_change(client, base, explorer_output):
-    lon, lat = explorer_output.chip_centres[explorer_output.change_chip]
+def test_tile_from_cogs_shows_the_change(client, base, hand):
+    lon, lat = hand.chip_centres[hand.change_chip]
     t = TMS.tile(lon, lat, 15)
     url = f"{base}/tiles/{t.z}/{t.x}/{t.y}.png"
-    before = client.get(url, params={"date": explorer_output.dates[0]})
+    before = client.get(url, params={"date": hand.dates[0]})
     assert before.headers["x-tile-source"] == "cog"
-    after = client.get(url, params={"date": explorer_output.dates[-1]})
+    after = client.get(url, params={"date": hand.dates[-1]})
 
     def pixel(resp, lon_: float, lat_: float) -> np.ndarray:
         b = TMS.xy_bounds(t)
@@ -149,30 +163,30 @@ def test_tile_from_cogs_shows_the_change(client, base, explorer_output):
     assert p0[1] > p0[0] and p0[3] == 255
     assert p1[0] > 200 and p1[0] > p1[1]
     far = TMS.tile(lon + 5, lat, 15)  # outside the scene: transparent
-    empty = _png(client.get(f"{base}/tiles/{far.z}/{far.x}/{far.y}.png", params={"date": explorer_output.dates[0]}))
+    empty = _png(client.get(f"{base}/tiles/{far.z}/{far.x}/{far.y}.png", params={"date": hand.dates[0]}))
     assert empty[..., 3].max() == 0
 
 
-def test_tile_falls_back_to_thumbnails(explorer_output, tmp_path):
+def test_tile_falls_back_to_thumbnails(hand, tmp_path):
     """Unreadable COGs (offline hrefs): the tile is drawn from the thumbnails."""
     import json
     import shutil
 
     root = tmp_path / "copy"
-    shutil.copytree(explorer_output.root, root, ignore=shutil.ignore_patterns("cogs"))
+    shutil.copytree(hand.root, root, ignore=shutil.ignore_patterns("cogs"))
     from geofm.layout import Layout
 
-    lay = Layout(str(root), explorer_output.aoi)
-    for sid in explorer_output.scene_ids:
+    lay = Layout(str(root), hand.aoi)
+    for sid in hand.scene_ids:
         item = json.loads(open(lay.scene_metadata(sid)).read())
         for a in item["assets"].values():
             a["href"] = "/nonexistent/" + a["href"].rsplit("/", 1)[-1]
         open(lay.scene_metadata(sid), "w").write(json.dumps(item))
     c = TestClient(create_app(str(root)))
-    lon, lat = explorer_output.chip_centres["0_0"]
+    lon, lat = hand.chip_centres["0_0"]
     t = TMS.tile(lon, lat, 14)
-    r = c.get(f"/api/aois/{explorer_output.aoi}/grids/{explorer_output.grid}/tiles/{t.z}/{t.x}/{t.y}.png",
-              params={"date": explorer_output.dates[0]})
+    r = c.get(f"/api/aois/{hand.aoi}/grids/{hand.grid}/tiles/{t.z}/{t.x}/{t.y}.png",
+              params={"date": hand.dates[0]})
     assert r.headers["x-tile-source"] == "thumbnails"
     img = _png(r)
     b = TMS.xy_bounds(t)
@@ -195,8 +209,8 @@ def test_tile_falls_back_to_thumbnails(explorer_output, tmp_path):
     ("/api/aois/{aoi}/grids/{grid}/tiles/3/9/1.png?date=2024-01-05", 422),
     ("/api/aois/{aoi}/grids/{grid}/tiles/30/1/1.png?date=2024-01-05", 422),
 ])
-def test_unknown_inputs(client, explorer_output, path, status):
-    r = client.get(path.format(aoi=explorer_output.aoi, grid=explorer_output.grid))
+def test_unknown_inputs(client, hand, path, status):
+    r = client.get(path.format(aoi=hand.aoi, grid=hand.grid))
     assert r.status_code == status, r.text
     if status == 404:
         assert r.json()["detail"]
@@ -210,8 +224,8 @@ def test_unknown_inputs(client, explorer_output, path, status):
     "/../../etc/passwd",
     "/%2e%2e/%2e%2e/etc/passwd",
 ])
-def test_traversal_attempts_get_nothing(client, explorer_output, path):
-    r = client.get(path.format(aoi=explorer_output.aoi, grid=explorer_output.grid))
+def test_traversal_attempts_get_nothing(client, hand, path):
+    r = client.get(path.format(aoi=hand.aoi, grid=hand.grid))
     assert r.status_code in (404, 422)
     assert b"root:" not in r.content
 
@@ -221,3 +235,79 @@ def test_docs_and_openapi(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert "/api/aois/{aoi}/grids/{grid}/search" in paths
     assert "/api/aois/{aoi}/grids/{grid}/tiles/{z}/{x}/{y}.png" in paths
+
+
+# ---- the pipeline AOI, against the synthetic ground truth -------------------------------------------
+def test_pipeline_summary(client, pbase, explorer_output):
+    s = client.get(pbase).json()
+    assert s["dates"] == explorer_output.dates
+    assert s["imagery_dates"] == explorer_output.scene_dates  # cloudy dates too: they have imagery
+    assert s["chip_count"] == len(explorer_output.chip_centres)
+    assert s["config"] is not None
+
+
+def test_pipeline_planted_change(client, pbase, explorer_output):
+    chip, when = explorer_output.change_chip, explorer_output.change_date
+    levels = {f["properties"]["chip_id"]: f["properties"]["change_intensity"]
+              for f in client.get(f"{pbase}/change-intensity").json()["features"]}
+    assert levels[chip] == "High"
+    r = client.get(f"{pbase}/chips/{chip}").json()
+    pairs = list(zip(r["dates"], r["series"]["cosine_sim"], r["series"]["patch_changed_share"], strict=True))
+    before = [p for p in pairs if p[0] < when]
+    after = [p for p in pairs if p[0] >= when]
+    assert before and after
+    assert min(p[1] for p in before) > 0.9 and max(p[1] for p in after) < 0.5
+    assert max(p[2] for p in before) == 0 and min(p[2] for p in after) > 0.9
+
+
+def test_pipeline_patch_map_localises_a_grazing_change(client, pbase, explorer_output):
+    """The planted change grazes one side of the edge chip: only that side's patches changed."""
+    r = client.get(f"{pbase}/chips/{explorer_output.edge_chip}").json()
+    g = r["patch_grid"]
+    last = np.array(r["patch_maps"][-1], dtype=float).reshape(g, g)
+    cols = last.mean(axis=0)
+    assert cols.min() < 0.8 < np.median(cols)
+    assert np.argmin(cols) in (0, g - 1)  # an edge column, not the middle
+
+
+def test_pipeline_search_ranks_by_land_cover(client, pbase, explorer_output):
+    """Search scores follow land cover (baseline date, before any change): over all query chips the
+    score ranks correlate with how alike the chips' land-cover shares are, and most top hits are
+    among the more alike half."""
+    comp = explorer_output.compositions
+
+    def likeness(a: str, b: str) -> float:
+        keys = sorted(set(comp[a]) | set(comp[b]))
+        u = np.array([comp[a].get(k, 0) for k in keys])
+        v = np.array([comp[b].get(k, 0) for k in keys])
+        return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+    day = explorer_output.dates[0]
+    corrs, firsts = [], []
+    for query in comp:
+        r = client.get(f"{pbase}/search", params={"chip_id": query, "date": day, "k": 100, "min_score": -1})
+        if r.status_code == 404:  # chip not analysed on that date
+            continue
+        hits = r.json()["results"]
+        scores = np.array([h["score"] for h in hits])
+        like = np.array([likeness(query, h["chip_id"]) for h in hits])
+        ranks = lambda a: np.argsort(np.argsort(a))  # noqa: E731
+        corrs.append(np.corrcoef(ranks(scores), ranks(like))[0, 1])
+        firsts.append(like[0] >= np.median(like))
+    assert len(corrs) >= 5
+    assert np.mean(corrs) > 0.3 and np.mean(firsts) >= 0.7
+
+
+def test_pipeline_tile_from_the_scene_cogs(client, pbase, explorer_output):
+    lon, lat = explorer_output.chip_centres[explorer_output.change_chip]
+    t = TMS.tile(lon, lat, 14)
+    url = f"{pbase}/tiles/{t.z}/{t.x}/{t.y}.png"
+    b = TMS.xy_bounds(t)
+    x, y = TMS.xy(lon, lat)
+    row, col = int((b.top - y) / (b.top - b.bottom) * 256), int((x - b.left) / (b.right - b.left) * 256)
+    before = client.get(url, params={"date": explorer_output.dates[0]})
+    assert before.headers["x-tile-source"] == "cog"
+    after = client.get(url, params={"date": explorer_output.dates[-1]})
+    p0, p1 = _png(before)[row, col].astype(int), _png(after)[row, col].astype(int)
+    assert p0[3] == 255 and p0[1] > p0[2]  # forest: green over blue
+    assert p1[0] - p0[0] > 30  # cleared to bare soil: much redder
