@@ -108,14 +108,21 @@ def test_ann_index_built_and_agrees_with_exact(tmp_path):
     uri = str(tmp_path / "db")
     df, vecs = _rows(n_side=12)  # 432 rows
     info = replace_aoi_rows(uri, rows_table(df, vecs), "t", index_min_rows=400)
-    assert info == {"rows": 432, "vector_index": True}
+    assert info == {"rows": 432, "vector_index": "IVF_SQ"}
     assert any(i.columns == ["vector"] for i in vectordb.open_table(uri).list_indices())
-    ann = search(uri, chip_id="0_0", date="2023-06-01", k=10)
+    ann = search(uri, chip_id="0_0", date="2023-06-01", k=10, exact=False)
     exact = search(uri, chip_id="0_0", date="2023-06-01", k=10, exact=True)
     assert (ann["cls"] == "water").all()
     assert len(set(ann["chip_id"] + ann["date"].astype(str)) & set(exact["chip_id"] + exact["date"].astype(str))) >= 8
     small = replace_aoi_rows(str(tmp_path / "db2"), rows_table(df, vecs), "t", index_min_rows=1000)
-    assert small["vector_index"] is False
+    assert small["vector_index"] is None
+    pq = replace_aoi_rows(str(tmp_path / "db3"), rows_table(df, vecs), "t", index_min_rows=400,
+                          index_type="IVF_PQ")
+    assert pq["vector_index"] == "IVF_PQ"
+    assert (search(str(tmp_path / "db3"), chip_id="0_0", date="2023-06-01", k=5, exact=False)["cls"]
+            == "water").all()
+    with pytest.raises(VectorDBError, match="unknown vector index type 'FLAT'"):
+        replace_aoi_rows(str(tmp_path / "db4"), rows_table(df, vecs), "t", index_min_rows=1, index_type="FLAT")
 
 
 def test_cli_search_table_and_json(tmp_path):

@@ -70,6 +70,8 @@ class PipelineConfig(BaseModel):
     change_threshold_high: float = Field(0.30, description="Similarity below this: changed (High).")
     change_threshold_medium: float = Field(0.60, description="Lowest similarity below this: Medium.")
     vector_index_min_rows: int = Field(100_000, ge=1, description="Build an ANN index from this size.")
+    vector_index_type: Literal["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"] = Field(
+        "IVF_SQ", description="LanceDB ANN index (cosine); IVF_SQ builds fastest, see BENCHMARKS.md.")
 
     # ---- running ---------------------------------------------------------------------------
     executor: Literal["local", "ray"] = Field("local", description="local process pool or Ray.")

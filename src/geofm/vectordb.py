@@ -16,15 +16,22 @@ import lancedb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from lancedb.index import BTree, IvfPq
+from lancedb.index import BTree, IvfHnswSq, IvfPq, IvfSq
 
 from geofm.storage import lancedb_storage_options
 
 DEFAULT_TABLE = "vector_db"
 SCALAR_INDEX_COLUMNS = ("chip_id", "date", "mgrs_grid")
+# ANN index: IVF with 8-bit scalar quantisation by default. Measured here (benchmarks/bench_search.py,
+# BENCHMARKS.md) it builds ~10x faster than IVF-PQ on 2 cores with higher recall at the same latency.
+VECTOR_INDEX_TYPES = ("IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ")
+DEFAULT_INDEX_TYPE = "IVF_SQ"
 # ANN search knobs: probe enough IVF partitions and re-rank with exact distances so recall stays high.
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 10
+# A filtered query whose filter keeps at most this many rows is answered exactly (brute force over
+# the filtered rows, via the scalar indices): faster than the ANN index there, and exact.
+EXACT_FILTERED_MAX_ROWS = 50_000
 
 
 class VectorDBError(ValueError):
@@ -54,28 +61,42 @@ def open_table(db_uri: str, table: str = DEFAULT_TABLE) -> Any:
     return db.open_table(table)
 
 
-def ivf_pq_params(n_rows: int, dim: int) -> tuple[int, int]:
-    """IVF partitions (~sqrt(n)) and PQ sub-vectors (a divisor of ``dim`` near dim/16)."""
-    partitions = max(1, min(4096, int(math.sqrt(n_rows))))
+def ivf_partitions(n_rows: int) -> int:
+    """IVF partitions: sqrt(n) / 4 (fewer, larger partitions than the usual sqrt(n), so k-means
+    training stays within minutes on a 2-core machine and ``nprobes`` covers more of the data)."""
+    return max(1, min(1024, int(math.sqrt(n_rows) / 4)))
+
+
+def pq_sub_vectors(dim: int) -> int:
+    """PQ sub-vectors: the largest divisor of ``dim`` not above dim / 16."""
     target = max(1, dim // 16)
-    sub = max(d for d in range(1, target + 1) if dim % d == 0)
-    return partitions, sub
+    return max(d for d in range(1, target + 1) if dim % d == 0)
 
 
-def build_indices(tbl: Any, index_min_rows: int) -> dict[str, Any]:
-    """Scalar (BTree) indices on chip_id/date/mgrs_grid; a cosine IVF-PQ index from ``index_min_rows``."""
+def vector_index_config(kind: str, n_rows: int, dim: int) -> Any:
+    """The cosine ANN index of a kind (``IVF_SQ``, ``IVF_PQ`` or ``IVF_HNSW_SQ``) sized for ``n_rows``."""
+    parts = ivf_partitions(n_rows)
+    if kind == "IVF_SQ":
+        return IvfSq(distance_type="cosine", num_partitions=parts)
+    if kind == "IVF_PQ":
+        return IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=pq_sub_vectors(dim))
+    if kind == "IVF_HNSW_SQ":
+        return IvfHnswSq(distance_type="cosine", num_partitions=max(1, n_rows // 100_000))
+    raise VectorDBError(f"unknown vector index type {kind!r}; use one of {', '.join(VECTOR_INDEX_TYPES)}")
+
+
+def build_indices(tbl: Any, index_min_rows: int, index_type: str = DEFAULT_INDEX_TYPE) -> dict[str, Any]:
+    """Scalar (BTree) indices on chip_id/date/mgrs_grid; a cosine ANN index from ``index_min_rows``."""
     n = tbl.count_rows()
     names = set(tbl.schema.names)
     for col in SCALAR_INDEX_COLUMNS:
         if col in names and n:
             tbl.create_index(col, config=BTree(), replace=True)
-    vector_index = False
-    if n >= index_min_rows and n >= 256:  # PQ training needs a few hundred rows
+    vector_index = None
+    if n >= index_min_rows and n >= 256:  # index training needs a few hundred rows
         dim = tbl.schema.field("vector").type.list_size
-        partitions, sub = ivf_pq_params(n, dim)
-        tbl.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=partitions,
-                                                num_sub_vectors=sub), replace=True)
-        vector_index = True
+        tbl.create_index("vector", config=vector_index_config(index_type, n, dim), replace=True)
+        vector_index = index_type
     return {"rows": n, "vector_index": vector_index}
 
 
@@ -99,7 +120,8 @@ def rows_table(df: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
 
 
 def replace_aoi_rows(
-    db_uri: str, rows: pa.Table, aoi_name: str, table: str = DEFAULT_TABLE, index_min_rows: int = 100_000
+    db_uri: str, rows: pa.Table, aoi_name: str, table: str = DEFAULT_TABLE, index_min_rows: int = 100_000,
+    index_type: str = DEFAULT_INDEX_TYPE,
 ) -> dict[str, Any]:
     """Write ``rows`` (all of one AOI) in one commit, replacing that AOI's earlier rows, then index.
 
@@ -126,7 +148,7 @@ def replace_aoi_rows(
                     f"cannot add AOI {aoi_name!r} to table {table!r} in {db_uri!r}, which holds other AOIs "
                     f"with another schema (model or embedding size?): {exc}"
                 ) from exc
-    return build_indices(tbl, index_min_rows)
+    return build_indices(tbl, index_min_rows, index_type)
 
 
 def _filters(
@@ -202,7 +224,7 @@ def search(
     bbox: Sequence[float] | str | None = None,
     table: str = DEFAULT_TABLE,
     exclude_query_chip: bool = True,
-    exact: bool = False,
+    exact: bool | None = None,
     nprobes: int = DEFAULT_NPROBES,
     refine_factor: int | None = DEFAULT_REFINE_FACTOR,
 ) -> pd.DataFrame:
@@ -210,7 +232,8 @@ def search(
 
     Filters: ``date_range`` (inclusive ``(start, end)``, either may be None), MGRS ``grids`` and a WGS84
     ``bbox`` (rows whose chip box meets it). The query chip's own rows are left out unless
-    ``exclude_query_chip`` is False. ``exact`` bypasses the ANN index (brute force). Columns: chip_id,
+    ``exclude_query_chip`` is False. ``exact`` True bypasses the ANN index (brute force); None (auto)
+    does so when the filters keep at most ``EXACT_FILTERED_MAX_ROWS`` rows. Columns: chip_id,
     date, score (1 - cosine distance), mgrs_grid, s3_location_png_thumbnail and the other stored
     columns except the vector.
     """
@@ -238,6 +261,8 @@ def search(
     q = tbl.search(qvec, vector_column_name="vector").distance_type("cosine").limit(k)
     if where:
         q = q.where(" AND ".join(where), prefilter=True)
+    if exact is None:
+        exact = bool(where) and tbl.count_rows(" AND ".join(where)) <= EXACT_FILTERED_MAX_ROWS
     if exact:
         q = q.bypass_vector_index()
     else:

@@ -291,7 +291,7 @@ def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
                          "rerun with --force")
     table = vectordb.rows_table(pd.concat(frames, ignore_index=True), np.concatenate(vecs))
     return vectordb.replace_aoi_rows(lay.lance_db, table, cfg.aoi_name, Layout.LANCE_TABLE,
-                                     cfg.vector_index_min_rows)
+                                     cfg.vector_index_min_rows, cfg.vector_index_type)
 
 
 def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
