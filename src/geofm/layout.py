@@ -233,6 +233,7 @@ class FinetuneLayout:
         return join(self.root, "checkpoints")
 
     BEST_CHECKPOINT_NAME = "best"  # Lightning adds ``.ckpt``
+    LAST_CHECKPOINT_NAME = "last"  # the latest epoch
 
     @property
     def best_checkpoint(self) -> str:

@@ -129,6 +129,8 @@ def predict_array(
     acc = acc[:, :h, :w] / weight_sum[None, :h, :w]
     classes = acc.argmax(0).astype(np.uint8)
     classes[nodata] = cfg.ignore_id
+    if with_probabilities:
+        acc[:, nodata] = np.nan
     return classes, (acc if with_probabilities else None)
 
 
@@ -179,7 +181,7 @@ def write_class_cog(pred: Prediction, module: SegmentationModule, url: str) -> N
 
 
 def write_probability_cog(pred: Prediction, module: SegmentationModule, url: str) -> None:
-    """float32 COG, one band per class id (band i+1 = class id i), named by class."""
+    """float32 COG, one band per class id (band i+1 = class id i), named by class; NaN where no data."""
     assert pred.probabilities is not None
     k, h, w = pred.probabilities.shape
     profile = dict(
@@ -190,6 +192,7 @@ def write_probability_cog(pred: Prediction, module: SegmentationModule, url: str
         dtype="float32",
         crs=pred.crs,
         transform=pred.transform,
+        nodata=float("nan"),
         compress="deflate",
         blocksize=_blocksize(h, w),
     )

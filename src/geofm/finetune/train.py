@@ -42,7 +42,8 @@ class TrainResult:
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     epochs_run: int = 0
     train_chips: int = 0
-    module: SegmentationModule | None = None  # in memory after fit: the last epoch's weights (= last.ckpt)
+    module: SegmentationModule | None = None  # in memory after fit: the latest epoch's weights
+    # (= ``last_checkpoint``)
     last_checkpoint: str = ""
 
 
@@ -96,7 +97,14 @@ def train(
         monitor=MONITOR,
         mode="max",
         save_top_k=1,
-        save_last=True,
+        enable_version_counter=False,
+    )
+    # Lightning's save_last only copies whenever the best is saved; this one holds the latest epoch
+    latest = ModelCheckpoint(
+        dirpath=layout.checkpoints_dir,
+        filename=FinetuneLayout.LAST_CHECKPOINT_NAME,
+        monitor=None,
+        save_top_k=1,
         enable_version_counter=False,
     )
     trainer = L.Trainer(
@@ -105,7 +113,11 @@ def train(
         devices=devices,
         strategy="ddp" if several else "auto",
         precision="bf16-mixed" if accelerator == "gpu" else "32-true",
-        callbacks=[checkpoint, EarlyStopping(MONITOR, mode="max", patience=cfg.early_stopping_patience)],
+        callbacks=[
+            checkpoint,
+            latest,
+            EarlyStopping(MONITOR, mode="max", patience=cfg.early_stopping_patience),
+        ],
         logger=[
             CSVLogger(layout.logs_dir, name="csv"),
             TensorBoardLogger(layout.logs_dir, name="tensorboard"),
@@ -135,7 +147,7 @@ def train(
         epochs_run=trainer.current_epoch,
         train_chips=len(train_set.chips),
         module=module.eval(),
-        last_checkpoint=checkpoint.last_model_path,
+        last_checkpoint=latest.best_model_path,
     )
     for split in ("val", "test"):
         chips = data.splits[split]
