@@ -63,7 +63,7 @@ class PipelineConfig(BaseModel):
         0.0, ge=0, le=1, description="Baseline 'first-clear': first date with a cloud share at most this.")
     # Change thresholds are tuned for the weights-free `spectral` encoder on synthetic scenes (planted
     # changes fall to ~0.1, seasonal change of unchanged chips stays above ~0.45). Clay similarities
-    # sit on another scale (higher, narrower): calibrate them per AOI (see README, "change thresholds").
+    # sit on another scale (higher, narrower): calibrate them per AOI (docs/formats.md, step 4).
     patch_change_threshold: float = Field(0.5, description="Per-patch similarity below this = changed.")
 
     # ---- step 4: consolidate ---------------------------------------------------------------
