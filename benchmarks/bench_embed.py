@@ -1,0 +1,129 @@
+"""Embedding throughput of Clay v1.5 / v1 at 256x256 (random weights): our inference path against a plain
+fp32 eager baseline, measured in the same run.
+
+ours:     SDPA attention, torch.inference_mode, bf16 autocast on GPU (fp32 on CPU), patch-embedding kernel
+          generated once per band set, batched.
+baseline: explicit matmul-softmax attention (vit-pytorch 1.6.8 form), torch.no_grad, fp32 (TF32 off on GPU),
+          kernel regenerated every call (as upstream does), same batch.
+
+Prints per-batch medians, chips/s, the ratio, and on GPU the model FLOP utilisation (analytic FLOPs per
+chip / peak dense bf16 of the card). Usage:
+    python benchmarks/bench_embed.py                      # CPU, a few chips (takes a couple of minutes)
+    python benchmarks/bench_embed.py --device cuda --batch 32 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from geofm.models.registry import build_clay, get_model_spec
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "L40S": 362.0}
+
+
+def flops_per_chip(name: str, size: int, bands: int = 10) -> float:
+    """Forward FLOPs (2 per multiply-add) of one chip: stem conv + transformer (matmuls and attention)."""
+    c = get_model_spec(name).clay
+    assert c is not None
+    grid = size // c.patch_size
+    n, d, inner, mlp = grid * grid + 1, c.dim, c.heads * c.dim_head, int(c.dim * c.mlp_ratio)
+    stem = 2 * grid * grid * bands * c.patch_size**2 * d
+    block = 2 * n * d * 3 * inner + 2 * 2 * n * n * inner + 2 * n * inner * d + 2 * 2 * n * d * mlp
+    return stem + c.depth * block
+
+
+def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_model(name: str, device: torch.device, batch: int, size: int, repeats: int, warmup: int,
+                peak: float | None) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_clay(get_model_spec(name), device).eval()  # RANDOM weights: throughput only
+    pixels = torch.randn(batch, 10, size, size, device=device)
+    time_ = torch.zeros(batch, 4, device=device)
+    latlon = torch.zeros(batch, 4, device=device)
+    waves = torch.tensor([0.493, 0.56, 0.665, 0.704, 0.74, 0.783, 0.842, 0.865, 1.61, 2.19], device=device)
+    gsd = torch.tensor(10.0, device=device)
+    with torch.inference_mode():
+        kernel = model.patch_embedding.kernel(waves)
+
+    def ours() -> torch.Tensor:
+        model.set_fused_attention(True)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return model(pixels, time_, latlon, gsd, waves, kernel=kernel)
+
+    def baseline() -> torch.Tensor:
+        model.set_fused_attention(False)
+        with torch.no_grad():
+            return model(pixels, time_, latlon, gsd, waves)
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    with torch.inference_mode():  # the two paths compute the same function
+        diff = (ours().float() - baseline()).abs().max().item()
+    t_base = statistics.median(timed(baseline, device, repeats, warmup))
+    t_ours = statistics.median(timed(ours, device, repeats, warmup))
+    gflop = flops_per_chip(name, size) / 1e9
+    res = {"batch": batch, "gflop_per_chip": gflop, "base_s": t_base, "ours_s": t_ours,
+           "base_cps": batch / t_base, "ours_cps": batch / t_ours, "speedup": t_base / t_ours, "max_abs_diff": diff}
+    if peak:
+        res["ours_mfu"] = res["ours_cps"] * gflop / (peak * 1e3)
+        res["base_mfu"] = res["base_cps"] * gflop / (peak * 1e3)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--models", nargs="+", default=["clay-v1.5", "clay-v1"])
+    ap.add_argument("--batch", type=int, default=None, help="chips per batch (default: 2 on CPU, 32 on GPU)")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=None, help="timed batches (default: 3 CPU, 10 GPU)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="GPU dense bf16 peak for MFU")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = device.type == "cuda"
+    batch = args.batch or (32 if gpu else 2)
+    repeats = args.repeats or (10 if gpu else 3)
+    peak = args.peak_tflops
+    card = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    if gpu and peak is None:
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
+    print(f"device: {card}; torch {torch.__version__}; {args.size}x{args.size}, 10 bands, batch {batch}, "
+          f"median of {repeats} batches after {args.warmup} warm-up; RANDOM weights")
+    for name in args.models:
+        r = bench_model(name, device, batch, args.size, repeats, args.warmup, peak)
+        if gpu:
+            torch.cuda.empty_cache()
+        line = (f"{name:10s} {r['gflop_per_chip']:.0f} GFLOP/chip | baseline fp32 eager: {r['base_s']:.3f} s/batch "
+                f"{r['base_cps']:.2f} chips/s | ours: {r['ours_s']:.3f} s/batch {r['ours_cps']:.2f} chips/s | "
+                f"speed-up x{r['speedup']:.2f} | max |diff| {r['max_abs_diff']:.2e}")
+        if "ours_mfu" in r:
+            line += f" | MFU ours {100 * r['ours_mfu']:.1f}% baseline {100 * r['base_mfu']:.1f}%"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
