@@ -63,8 +63,10 @@ class PCAModel:
 
 
 def fit_pca(x: np.ndarray, n_components: int, kind: str = "patch", seed: int = 0,
-            fingerprint: str = "") -> PCAModel:
-    """Fit PCA on rows ``x`` [n, F]; needs at least 2 rows and n_components <= min(n - 1, F)."""
+            fingerprint: str = "", overwrite: bool = False) -> PCAModel:
+    """Fit PCA on rows ``x`` [n, F]; needs at least 2 rows and n_components <= min(n - 1, F).
+
+    ``overwrite`` lets a large float32 sample be centred in place (no second copy in memory)."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"PCA needs a 2-D sample [rows, features], got shape {x.shape}")
@@ -79,7 +81,12 @@ def fit_pca(x: np.ndarray, n_components: int, kind: str = "patch", seed: int = 0
     mean = x.mean(axis=0, dtype=np.float64)
     # float64 while the centred sample fits in 2 GB, float32 beyond (Clay patch embeddings)
     work = np.float64 if n * f <= _FLOAT64_MAX_VALUES else np.float32
-    xc = x.astype(work, copy=False) - mean.astype(work)
+    if overwrite and x.dtype == work:
+        xc = x
+        xc -= mean.astype(work)
+    else:
+        xc = x.astype(work, copy=True)
+        xc -= mean.astype(work)
     if n <= f:  # Gram route: eigenvectors U of Xc Xc^T give components Xc^T U / s
         gram = (xc @ xc.T).astype(np.float64)
         vals, vecs = np.linalg.eigh(gram)

@@ -121,18 +121,27 @@ def pca_fingerprint(rows: pd.DataFrame, cfg: PipelineConfig) -> str:
 def fit_global_pca(rows: pd.DataFrame, cfg: PipelineConfig) -> PCAModel:
     """Fit the PCA on a seeded subsample of ``rows`` (all chips and dates); NaN embeddings left out."""
     col = EMB_COLUMN[cfg.embedding_kind]
-    sample = []
-    for i in sample_indices(len(rows), cfg.pca_sample_size, cfg.seed):
+    idx = sample_indices(len(rows), cfg.pca_sample_size, cfg.seed)
+    sample: np.ndarray | None = None  # filled in place: the sample is held once (it can be GBs)
+    n = 0
+    for i in idx:
         v = load_embedding(rows[col].iloc[i]).ravel()
-        if np.all(np.isfinite(v)):
-            sample.append(v.astype(np.float32))
-    if len(sample) < 2:
-        raise ValueError(f"only {len(sample)} usable embeddings for the PCA; need at least 2")
-    n_components = min(cfg.n_components, len(sample) - 1)
+        if not np.all(np.isfinite(v)):
+            continue
+        if sample is None:
+            sample = np.empty((len(idx), v.size), np.float32)
+        if v.size != sample.shape[1]:
+            raise ValueError(f"{rows[col].iloc[i]}: {v.size} values, other embeddings have {sample.shape[1]}")
+        sample[n] = v
+        n += 1
+    if sample is None or n < 2:
+        raise ValueError(f"only {n} usable embeddings for the PCA; need at least 2")
+    n_components = min(cfg.n_components, n - 1)
     if n_components < cfg.n_components:
-        log.warning("PCA: %d sample rows support only %d components (asked %d)", len(sample),
-                    n_components, cfg.n_components)
-    return fit_pca(np.stack(sample), n_components, cfg.embedding_kind, cfg.seed, pca_fingerprint(rows, cfg))
+        log.warning("PCA: %d sample rows support only %d components (asked %d)", n, n_components,
+                    cfg.n_components)
+    return fit_pca(sample[:n], n_components, cfg.embedding_kind, cfg.seed, pca_fingerprint(rows, cfg),
+                   overwrite=True)
 
 
 def prepare(cfg: PipelineConfig) -> PCAModel:
@@ -161,11 +170,35 @@ def prepare(cfg: PipelineConfig) -> PCAModel:
 
 
 # ---- one chip ------------------------------------------------------------------------------------
+_ROWS_CACHE: dict[str, tuple[str, gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]] = {}
+
+
+def _version(url: str) -> str:
+    """Size and modification stamp of a file (local or s3), to know when a cached copy is stale."""
+    info = storage.filesystem(url).info(url.removeprefix("file://"))
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
+    return f"{info.get('size')}:{stamp}"
+
+
+def all_rows(url: str) -> tuple[gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]:
+    """``analyze_rows`` and an index (grid, chip_id) -> row positions, read once per worker process
+    (not once per chip: on S3 that would move the whole file for every unit)."""
+    version = _version(url)
+    cached = _ROWS_CACHE.get(url)
+    if cached is None or cached[0] != version:
+        frame = read_parquet(url)
+        groups = frame.groupby(["mgrs_grid", "chip_id"], sort=False).indices
+        index = {k: np.asarray(v) for k, v in groups.items()}
+        _ROWS_CACHE.clear()
+        _ROWS_CACHE[url] = cached = (version, frame, index)
+    return cached[1], cached[2]
+
+
 def chip_rows(cfg: PipelineConfig, grid: str, chip_id: str) -> gpd.GeoDataFrame:
     """This chip's rows from ``analyze_rows`` (date-sorted)."""
-    with storage.local_file_for_read(cfg.layout.analyze_rows, ".parquet") as path:
-        rows = gpd.read_parquet(path, filters=[("mgrs_grid", "=", grid), ("chip_id", "=", chip_id)])
-    return rows.sort_values("date", kind="stable").reset_index(drop=True)
+    frame, index = all_rows(cfg.layout.analyze_rows)
+    pos = index.get((grid, chip_id), np.array([], dtype=int))
+    return frame.iloc[pos].sort_values("date", kind="stable").reset_index(drop=True)
 
 
 def _inputs_id(cfg: PipelineConfig, model: PCAModel, rows: pd.DataFrame) -> str:
