@@ -11,7 +11,17 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 
-from fixtures.hand_embeddings import CHANGE_CHIP, CHANGE_INDEX, CHIP, DATES, GRID, GSD, D, cid
+from fixtures.hand_embeddings import (
+    CHANGE_CHIP,
+    CHANGE_INDEX,
+    CHIP,
+    DATES,
+    GRID,
+    GSD,
+    D,
+    cid,
+    write_hand_embeddings,
+)
 from geofm import change, storage, vectordb
 from geofm.steps import analyze, consolidate
 
@@ -135,3 +145,15 @@ def test_bad_inputs(tmp_path, hand_embeddings):
                          "utm_maxy": [-640.0, -640.0]})
     with pytest.raises(ValueError, match="disagree on the tile origin"):
         consolidate.tile_chip_grid(rows)
+
+
+def test_steps_3_and_4_on_s3(s3_bucket):
+    data = write_hand_embeddings(f"s3://{s3_bucket}/root", n_x=3, n_y=1)
+    cfg = data.cfg()
+    assert analyze.run(cfg, quiet=True).ok
+    report = consolidate.run(cfg, quiet=True)
+    assert report.ok, report.summary()
+    assert len(_gdf(data.layout.consolidated_output(GRID))) == 15  # 18 less 1 not embedded, 2 over limits
+    assert vectordb.open_table(data.layout.lance_db).count_rows() == 15
+    hits = vectordb.search(data.layout.lance_db, chip_id=cid(0, 0), date=DATES[0], k=3, exclude_query_chip=False)
+    assert (hits["chip_id"] == cid(0, 0)).all()
