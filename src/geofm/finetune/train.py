@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,11 @@ def train(
     quiet: bool = False,
     encoder: nn.Module | None = None,
     data: PreparedData | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> TrainResult:
-    """Fit the model of ``cfg`` on its data and evaluate the best checkpoint; see the module docstring."""
+    """Fit the model of ``cfg`` on its data and evaluate the best checkpoint; see the module docstring.
+    ``encoder`` replaces the registry's (tests), ``data`` skips re-reading chips, ``callbacks`` are added
+    to the Trainer's (benchmark timers)."""
     if quiet:
         _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -117,6 +121,7 @@ def train(
             checkpoint,
             latest,
             EarlyStopping(MONITOR, mode="max", patience=cfg.early_stopping_patience),
+            *callbacks,
         ],
         logger=[
             CSVLogger(layout.logs_dir, name="csv"),
