@@ -297,3 +297,38 @@ def test_config_errors(tmp_path: Path) -> None:
     assert cfg.colormap()[2] == (0x15, 0x65, 0xC0, 255) and cfg.colormap()[0][3] == 0
     with pytest.raises(FileNotFoundError):
         SegmentationConfig.from_yaml(tmp_path / "absent.yaml")
+
+
+def test_chip_metadata_mode_feeds_date_and_place(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from geofm.finetune.data import chip_metadata
+    from geofm.models import registry
+
+    t = (10.0, 0.0, ORIGIN[0], 0.0, -10.0, ORIGIN[1])
+    when = datetime(2023, 6, 1, 10)
+    meta = chip_metadata(ChipRef("a.tif", 0, 0, 32, UTM, t, when))
+    from pyproj import Transformer
+
+    lon, lat = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform(ORIGIN[0] + 160, ORIGIN[1] - 160)
+    np.testing.assert_allclose(meta, registry.time_latlon([when], [lat], [lon])[0], atol=1e-5)
+    undated = chip_metadata(ChipRef("a.tif", 0, 0, 32, UTM, t, None))
+    assert (undated[:4] == 0).all() and np.allclose(undated[4:], meta[4:])
+
+
+def test_cli_reports_bad_config_clearly(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from geofm.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["finetune", "train", "--config", str(tmp_path / "absent.yaml")])
+    assert r.exit_code == 2 and "config file not found" in r.output
+    path = tmp_path / "seg.yaml"
+    path.write_text(json.dumps({"images": ["a.tif"], "labels": "l.tif", "classes": CLASSES}))
+    r = runner.invoke(app, ["finetune", "train", "--config", str(path), "--set", "epochz=3"])
+    assert r.exit_code == 2 and "unknown parameter 'epochz'" in r.output
+    r = runner.invoke(app, ["finetune", "train", "--config", str(path), "--set", "chip_size=20"])
+    assert r.exit_code == 2 and "multiple of the patch size" in r.output
+    r = runner.invoke(app, ["finetune", "train", "--config", str(path)])
+    assert r.exit_code == 2 and "image raster not found" in r.output
