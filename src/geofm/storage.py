@@ -41,6 +41,10 @@ def _s3fs(endpoint: str | None) -> fsspec.AbstractFileSystem:
     return fsspec.filesystem("s3", skip_instance_cache=True, **kwargs)
 
 
+# s3fs instances are not fork-safe: a process-pool worker forked after its parent used S3 makes its own.
+os.register_at_fork(after_in_child=_s3fs.cache_clear)
+
+
 def filesystem(url: str) -> fsspec.AbstractFileSystem:
     """The fsspec filesystem for a URL (local or s3, honouring ``AWS_ENDPOINT_URL``)."""
     if is_s3(url):
