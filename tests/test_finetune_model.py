@@ -183,3 +183,23 @@ def test_blended_tiles_show_no_seams() -> None:
     np.testing.assert_array_equal(classes[1:], whole[1:])
     assert classes[0, 0] == 0 and (classes[1:] != 0).all()  # nodata pixel -> ignore id; never elsewhere
     assert set(np.unique(classes[1:])) <= {1, 2, 3}
+
+
+def test_balanced_class_weights_and_weighted_losses() -> None:
+    from geofm.finetune.module import balanced_class_weights
+
+    labels = np.array([1] * 6 + [2] * 2 + [0] * 5)
+    w = balanced_class_weights(labels, 4, ignore_id=0)
+    assert w[0] == 1.0 and w[3] == 1.0  # ignore id and absent class
+    assert w[2] == pytest.approx(3 * w[1]) and (w[1] + w[2]) / 2 == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 4, 2, 4, generator=g)
+    target = torch.tensor([[[1, 1, 1, 2], [2, 0, 0, 1]]])
+    weights = torch.tensor([1.0, 1.0, 3.0, 1.0])
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")[target != 0]
+    pw = weights[target[target != 0]]
+    want = (ce * pw).sum() / pw.sum()
+    assert segmentation_loss(logits, target, "ce", 0, class_weights=weights) == pytest.approx(want.item(), rel=1e-6)
+    assert segmentation_loss(logits, target, "ce", 0, class_weights=torch.ones(4)) == pytest.approx(
+        segmentation_loss(logits, target, "ce", 0).item(), rel=1e-6)
+    assert torch.isfinite(segmentation_loss(logits, target, "dice", 0, class_weights=weights))

@@ -93,6 +93,9 @@ class SegmentationConfig(BaseModel):
         "focal", description="Pixel loss; the ignore id is honoured."
     )
     focal_gamma: float = Field(2.0, ge=0)
+    class_weighting: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight the loss by inverse class frequency of the training labels."
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length before the cosine decay.")

@@ -41,9 +41,15 @@ def build_encoder(model: str, checkpoint: str | None, seed: int = 0, load_weight
 
 # ---- losses ---------------------------------------------------------------------------------------
 def segmentation_loss(
-    logits: Tensor, target: Tensor, kind: str, ignore_id: int, gamma: float = 2.0
+    logits: Tensor,
+    target: Tensor,
+    kind: str,
+    ignore_id: int,
+    gamma: float = 2.0,
+    class_weights: Tensor | None = None,
 ) -> Tensor:
-    """Mean pixel loss over non-ignored pixels: ``focal``, ``ce`` or ``dice`` (soft, classes but ignore)."""
+    """Mean pixel loss over non-ignored pixels: ``focal``, ``ce`` or ``dice`` (soft, classes but ignore).
+    ``class_weights`` [K] weight each pixel by its true class (ce/focal) or each class's dice term."""
     valid = target != ignore_id
     if not valid.any():
         return logits.sum() * 0.0
@@ -52,7 +58,10 @@ def segmentation_loss(
         if kind == "focal":
             pt = torch.exp(-ce)
             ce = (1 - pt) ** gamma * ce
-        return ce[valid].mean()
+        if class_weights is None:
+            return ce[valid].mean()
+        w = class_weights.to(ce.device, ce.dtype)[target[valid]]
+        return (ce[valid] * w).sum() / w.sum().clamp_min(1e-12)
     if kind == "dice":
         probs = logits.float().softmax(1)
         onehot = F.one_hot(target.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).float()
@@ -62,7 +71,10 @@ def segmentation_loss(
         dice = (2 * inter + 1.0) / (denom + 1.0)
         keep = torch.ones_like(dice, dtype=torch.bool)
         keep[ignore_id] = False
-        return 1 - dice[keep].mean()
+        if class_weights is None:
+            return 1 - dice[keep].mean()
+        w = class_weights.to(dice.device, dice.dtype)[keep]
+        return 1 - (dice[keep] * w).sum() / w.sum().clamp_min(1e-12)
     raise ValueError(f"unknown loss {kind!r}: use focal, ce or dice")
 
 
@@ -113,6 +125,20 @@ def majority_baseline(
     return out
 
 
+def balanced_class_weights(
+    labels: np.ndarray, num_classes: int, ignore_id: int, cap: float = 10.0
+) -> list[float]:
+    """Inverse class frequency in ``labels``, scaled to mean 1 over the classes present, capped at ``cap``;
+    the ignore id and absent classes get 1 (they never weigh a pixel)."""
+    counts = np.bincount(labels[labels != ignore_id].ravel(), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.ones(num_classes)
+    if present.any():
+        inv = counts[present].sum() / (present.sum() * counts[present])
+        w[present] = np.minimum(inv / inv.mean(), cap)
+    return w.tolist()
+
+
 # ---- the Lightning module -------------------------------------------------------------------------
 class SegmentationModule(L.LightningModule):
     """Segmentor + loss + optimiser; hyper-parameters (config, bands, gsd) travel in the checkpoint so
@@ -125,6 +151,7 @@ class SegmentationModule(L.LightningModule):
         gsd: float,
         encoder: nn.Module | None = None,
         load_encoder_weights: bool = True,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "load_encoder_weights"])
@@ -145,6 +172,8 @@ class SegmentationModule(L.LightningModule):
         self.bands = list(bands)
         self.gsd = float(gsd)
         self.register_buffer("waves", torch.tensor([band(b).wavelength for b in bands]), persistent=False)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
         self.val_cm = MulticlassConfusionMatrix(cfg.num_classes, ignore_index=cfg.ignore_id)
 
     def forward(self, pixels: Tensor, time: Tensor | None = None, latlon: Tensor | None = None) -> Tensor:
@@ -171,7 +200,12 @@ class SegmentationModule(L.LightningModule):
     def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logits = self(batch["pixels"], batch["time"], batch["latlon"])
         loss = segmentation_loss(
-            logits, batch["label"], self.cfg.loss, self.cfg.ignore_id, self.cfg.focal_gamma
+            logits,
+            batch["label"],
+            self.cfg.loss,
+            self.cfg.ignore_id,
+            self.cfg.focal_gamma,
+            self.class_weights,
         )
         return loss, logits
 

@@ -28,7 +28,13 @@ from torch.utils.data import DataLoader
 from geofm import storage
 from geofm.finetune.config import SegmentationConfig
 from geofm.finetune.data import ChipSet, PreparedData, SegmentationDataset, prepare_data
-from geofm.finetune.module import SegmentationModule, load_module, majority_baseline, metrics_from_confusion
+from geofm.finetune.module import (
+    SegmentationModule,
+    balanced_class_weights,
+    load_module,
+    majority_baseline,
+    metrics_from_confusion,
+)
 from geofm.layout import FinetuneLayout
 
 MONITOR = "val/miou"
@@ -90,7 +96,12 @@ def train(
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     storage.write_text(layout.config_copy, cfg.to_yaml())
 
-    module = SegmentationModule(cfg.model_dump(mode="json"), [b.name for b in data.bands], data.gsd, encoder)
+    weights = None
+    if cfg.class_weighting == "balanced":
+        weights = balanced_class_weights(train_set.labels, cfg.num_classes, cfg.ignore_id)
+    module = SegmentationModule(
+        cfg.model_dump(mode="json"), [b.name for b in data.bands], data.gsd, encoder, class_weights=weights
+    )
     accelerator = accelerator_for(cfg.device)
     gpus = torch.cuda.device_count() if accelerator == "gpu" else 0
     devices = cfg.devices if accelerator == "gpu" else 1
