@@ -152,7 +152,11 @@ def train(
         generator=generator,
         num_workers=cfg.num_workers,
     )
-    trainer.fit(module, train_loader, _loader(val_set, cfg))
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer.fit(module, train_loader, _loader(val_set, cfg))
+    finally:  # Lightning switches deterministic algorithms on process-wide; give the caller its setting back
+        torch.use_deterministic_algorithms(deterministic_before)
     if trainer.global_rank != 0:
         return TrainResult(checkpoint.best_model_path)
 
