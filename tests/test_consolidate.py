@@ -117,8 +117,11 @@ def test_vector_db_rows_search_and_rerun(consolidated):
     assert report.results[-1].unit == "lance-db" and report.results[-1].info["rows"] == 32
     # rerun (skips) and forced rerun leave row counts unchanged
     again = consolidate.run(cfg, quiet=True)
-    assert again.count("skipped") == 1
+    assert again.count("skipped") == 2  # the grid and the vector DB
     consolidate.run(cfg.model_copy(update={"force": True}), quiet=True)
+    assert vectordb.open_table(lay.lance_db).count_rows() == 32
+    vectordb.open_table(lay.lance_db).delete(f"chip_id = '{cid(0, 0)}'")  # a damaged table is reloaded
+    assert consolidate.run(cfg, quiet=True).results[-1].status == "done"
     assert vectordb.open_table(lay.lance_db).count_rows() == 32
     assert len(_gdf(lay.consolidated_output(GRID))) == 33
 

@@ -272,6 +272,24 @@ def vector_rows(rows: gpd.GeoDataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     return out.reset_index(drop=True), np.asarray(vectors, np.float32).reshape(len(vectors), dim)
 
 
+def vector_db_current(cfg: PipelineConfig, grids: list[str]) -> bool:
+    """The table already holds this AOI's rows of these grids (same count) and the index it should have."""
+    lay = cfg.layout
+    try:
+        tbl = vectordb.open_table(lay.lance_db, Layout.LANCE_TABLE)
+        expected = 0
+        for grid in grids:
+            rows = read_parquet(lay.consolidated_output(grid))
+            expected += int((~rows["embedding_contains_nan_yn"].astype(bool)
+                             & rows["s3_location_cls_emb"].notna()).sum())
+        has_index = any(i.columns == ["vector"] for i in tbl.list_indices())
+        aoi = cfg.aoi_name.replace("'", "''")
+        return (tbl.count_rows(f"aoi_name = '{aoi}'") == expected
+                and has_index == (tbl.count_rows() >= max(cfg.vector_index_min_rows, 256)))
+    except Exception:  # no table, foreign table, unreadable parquet: reload
+        return False
+
+
 def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
     """Write every grid's rows of this AOI to ``lance-db/vector_db`` in one commit, then index."""
     lay = cfg.layout
@@ -305,6 +323,9 @@ def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
     report = map_units(process_unit, cfg, grids, STEP, workers=cfg.workers, quiet=quiet)
     done = [r.unit for r in report.results if r.status != "failed"]
     if not done:
+        return report
+    if not cfg.force and report.count("done") == 0 and vector_db_current(cfg, done):
+        report.results.append(UnitResult("lance-db", "skipped"))
         return report
     try:
         info = load_vector_db(cfg, done)
