@@ -194,6 +194,21 @@ def all_rows(url: str) -> tuple[gpd.GeoDataFrame, dict[tuple[str, str], np.ndarr
     return cached[1], cached[2]
 
 
+_PCA_CACHE: dict[str, tuple[str, PCAModel]] = {}
+
+
+def global_pca(url: str) -> PCAModel:
+    """The saved PCA, read once per worker process while the file is unchanged (it can be 10+ MB)."""
+    if not storage.exists(url):
+        return load_pca(url)  # raises naming the missing file
+    version = _version(url)
+    cached = _PCA_CACHE.get(url)
+    if cached is None or cached[0] != version:
+        _PCA_CACHE.clear()
+        _PCA_CACHE[url] = cached = (version, load_pca(url))
+    return cached[1]
+
+
 def chip_rows(cfg: PipelineConfig, grid: str, chip_id: str) -> gpd.GeoDataFrame:
     """This chip's rows from ``analyze_rows`` (date-sorted)."""
     frame, index = all_rows(cfg.layout.analyze_rows)
@@ -279,7 +294,7 @@ def process_unit(cfg: PipelineConfig, unit: str) -> dict[str, Any]:
     chip_id = f"{x}_{y}"
     lay = cfg.layout
     url = lay.processed_embeddings(grid, x, y)
-    model = load_pca(lay.reducer_model("pca"))
+    model = global_pca(lay.reducer_model("pca"))
     if model.kind != cfg.embedding_kind:
         raise ValueError(f"PCA model at {lay.reducer_model('pca')} was fitted on {model.kind!r} embeddings, "
                          f"not {cfg.embedding_kind!r}: rerun analyze with --force")
