@@ -291,7 +291,12 @@ def search(
     cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "s3_location_png_thumbnail")
             if c in hits.columns]
     if as_json:
-        typer.echo(hits[cols].to_json(orient="records", date_format="iso", indent=2))
+        import json
+
+        records = hits[cols].to_dict("records")
+        for rec in records:
+            rec["date"] = str(rec["date"])[:10]
+        typer.echo(json.dumps(records, indent=2, default=str))
         return
     table = Table(title=f"most similar to chip {chip} on {query_date}")
     for c in cols:
