@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
 
 import geopandas as gpd
 from rich.console import Console
@@ -79,13 +78,12 @@ def run_demo(out: str, model: str = "auto", quiet: bool = False, console: Consol
     scenes = len(storage.list_files(cfg.layout.scenes_dir, "_metadata.json"))
     console.print(f"{scenes} scenes, {len(chips)} chips analysed, {len(DEMO_DATES)} dates; planted changes "
                   f"in {len(truth)} chips")
-    query: dict[str, Any] = {"chip_id": str(chips.sort_values("min_sim").iloc[-1]["chip_id"])}
-    latest = str(chips["latest_date"].max())[:10]
+    steady = chips.sort_values("min_sim").iloc[-1]
+    query_chip, latest = str(steady["chip_id"]), str(steady["latest_date"])[:10]
     from geofm.vectordb import search
 
-    hits = search(cfg.layout.lance_db, chip_id=query["chip_id"], date=latest, k=5,
-                  date_range=(latest, latest))
-    console.print(f"similarity search from chip {query['chip_id']} on {latest}:")
+    hits = search(cfg.layout.lance_db, chip_id=query_chip, date=latest, k=5, date_range=(latest, latest))
+    console.print(f"similarity search from the steadiest chip, {query_chip}, on {latest}:")
     console.print(hits[["chip_id", "date", "score"]].to_string(index=False))
     console.print(f"\nOpen the explorer: [bold].venv/bin/geofm serve --out {out}[/bold] "
                   "then browse http://127.0.0.1:8000")

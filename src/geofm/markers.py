@@ -24,8 +24,9 @@ _PREPROCESS = ["aoi", "processing_level", "s2_bands", "chip_size", "whole_tile"]
 _EMBED = [*_PREPROCESS, "model", "checkpoint", "embed_bands", "patch_embeddings", "embed_max_missing",
           "embed_max_cloud"]
 _ANALYZE = [*_EMBED, "embedding_kind", "n_components", "pca_sample_size", "seed", "baseline",
-            "analyze_max_cloud", "analyze_max_missing", "patch_change_threshold"]
-_CONSOLIDATE = [*_ANALYZE, "change_threshold_high", "change_threshold_medium", "vector_index_min_rows"]
+            "baseline_max_cloud", "analyze_max_cloud", "analyze_max_missing", "patch_change_threshold"]
+_CONSOLIDATE = [*_ANALYZE, "change_threshold_high", "change_threshold_medium", "vector_index_min_rows",
+                "vector_index_type"]
 
 # Parameters that shape each step's outputs, upstream ones included, so a change invalidates downstream.
 STEP_PARAMS: dict[str, list[str]] = {
