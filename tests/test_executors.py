@@ -51,7 +51,8 @@ _MODEL: dict[str, int] = {}
 def _load_model(cfg: PipelineConfig) -> None:
     _MODEL["pid"] = os.getpid()
     Path(cfg.output_root).mkdir(parents=True, exist_ok=True)
-    Path(cfg.output_root, f"load-{os.getpid()}").write_text("loaded")
+    with Path(cfg.output_root, f"load-{os.getpid()}").open("a") as f:
+        f.write("loaded\n")
 
 
 def _use_model(cfg: PipelineConfig, unit: str) -> dict[str, int]:
@@ -109,9 +110,11 @@ def test_actor_setup_once_per_pool_worker(tmp_path: Path) -> None:
     report = map_units(_use_model, cfg, [str(i) for i in range(6)], STEP, workers=2, quiet=True,
                        actor_setup=_load_model)
     assert report.ok
-    loads = sorted(p.name for p in (tmp_path / "out").glob("load-*"))
-    assert loads == sorted(f"load-{r.info['pid']}" for r in {r.info["pid"]: r for r in report.results}.values())
-    assert 1 <= len(loads) <= 2
+    loads = {p.name: p.read_text().count("loaded") for p in (tmp_path / "out").glob("load-*")}
+    # every worker that ran units had loaded the model, and no worker loaded it twice; a worker may load
+    # and then get no unit (the other took them all), so there are one or two loads
+    assert {f"load-{r.info['pid']}" for r in report.results} <= set(loads)
+    assert 1 <= len(loads) <= 2 and set(loads.values()) == {1}
 
 
 def test_empty_unit_list(tmp_path: Path) -> None:
