@@ -12,6 +12,7 @@ PROCESSING_LEVEL = "l2a"
 NODATA = 0  # DN value meaning "no data" in every L2A band COG and in SCL
 REFLECTANCE_SCALE = 10000.0  # DN = reflectance x 10000
 BOA_ADD_OFFSET = 1000  # DN added by ESA from processing baseline 04.00 on (reflectance offset -0.1)
+TILE_EXTENT_M = 109_800.0  # side of an MGRS tile's product grid, from its upper-left origin
 
 
 @dataclass(frozen=True)

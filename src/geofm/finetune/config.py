@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from geofm.config import read_yaml_mapping
 from geofm.sentinel2 import band
 
 
@@ -161,15 +162,7 @@ class SegmentationConfig(BaseModel):
     def from_yaml(cls, path: str | Path, **overrides: Any) -> SegmentationConfig:
         """Load a YAML file; relative data paths are resolved against the file's folder."""
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{p}: not valid YAML ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping of parameters, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data = read_yaml_mapping(p, overrides)
         base = p.resolve().parent
         for key in ("labels", "output_dir"):
             if isinstance(data.get(key), str):

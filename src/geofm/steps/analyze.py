@@ -20,16 +20,15 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from geofm import change, storage
+from geofm import change, geoparquet, storage
 from geofm.config import PipelineConfig
 from geofm.executors import map_units
 from geofm.reduce import PCAModel, fit_pca, load_pca, save_pca
 from geofm.report import StepReport, UnitResult
 
 STEP = "analyze"
-INPUTS_KEY = b"geofm:inputs"  # parquet schema metadata: digest of what a chip's output was made from
+INPUTS_KEY = "geofm:inputs"  # parquet schema metadata: digest of what a chip's output was made from
 EMB_COLUMN = {"patch": "s3_location_patch_emb", "cls": "s3_location_cls_emb"}
 log = logging.getLogger(__name__)
 
@@ -66,16 +65,12 @@ def parse_unit(unit: str) -> tuple[str, int, int]:
         raise ValueError(f"not an analyze unit: {unit!r} (expected '<grid>/<x>_<y>')") from None
 
 
-def read_parquet(url: str) -> gpd.GeoDataFrame:
-    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))
-
-
 def read_all_meta(cfg: PipelineConfig) -> gpd.GeoDataFrame:
     """Every scene's chip meta (after step 2) in one frame."""
     urls = storage.list_files(cfg.layout.meta_dir, "_chip_meta.parquet")
     if not urls:
         raise FileNotFoundError(f"no chip meta in {cfg.layout.meta_dir}: run preprocess and embed first")
-    frames = [read_parquet(u) for u in urls]
+    frames = [geoparquet.read(u) for u in urls]
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
 
 
@@ -152,9 +147,7 @@ def prepare(cfg: PipelineConfig) -> PCAModel:
         raise ValueError(
             f"no embedded chip passes the limits (analyze_max_cloud={cfg.analyze_max_cloud}, "
             f"analyze_max_missing={cfg.analyze_max_missing}, embedding_kind={cfg.embedding_kind})")
-    buf = io.BytesIO()
-    rows.to_parquet(buf, index=False)
-    storage.write_bytes(lay.analyze_rows, buf.getvalue())
+    geoparquet.write(lay.analyze_rows, rows)
     fp = pca_fingerprint(rows, cfg)
     url = lay.reducer_model("pca")
     if not cfg.force and storage.exists(url):
@@ -186,7 +179,7 @@ def all_rows(url: str) -> tuple[gpd.GeoDataFrame, dict[tuple[str, str], np.ndarr
     version = _version(url)
     cached = _ROWS_CACHE.get(url)
     if cached is None or cached[0] != version:
-        frame = read_parquet(url)
+        frame = geoparquet.read(url)
         groups = frame.groupby(["mgrs_grid", "chip_id"], sort=False).indices
         index = {k: np.asarray(v) for k, v in groups.items()}
         _ROWS_CACHE.clear()
@@ -228,11 +221,9 @@ def is_complete(url: str, inputs_id: str) -> bool:
     if not storage.exists(url):
         return False
     try:
-        with storage.local_file_for_read(url, ".parquet") as path:
-            meta = pq.read_schema(path).metadata or {}
+        return geoparquet.read_metadata(url).get(INPUTS_KEY) == inputs_id
     except Exception:  # a torn or foreign file counts as absent
         return False
-    return meta.get(INPUTS_KEY) == inputs_id.encode()
 
 
 def analyze_chip(rows: pd.DataFrame, embeddings: list[np.ndarray], model: PCAModel,
@@ -277,17 +268,6 @@ def analyze_chip(rows: pd.DataFrame, embeddings: list[np.ndarray], model: PCAMod
     return out
 
 
-def write_processed(url: str, frame: gpd.GeoDataFrame, inputs_id: str) -> None:
-    """GeoParquet with the inputs digest in the schema metadata (for rerun checks)."""
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    table = pq.read_table(io.BytesIO(buf.getvalue()))
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), INPUTS_KEY: inputs_id.encode()})
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    storage.write_bytes(url, out.getvalue())
-
-
 def process_unit(cfg: PipelineConfig, unit: str) -> dict[str, Any]:
     """Analyse one chip; ``{"skipped": True}`` when its output is complete (unless ``cfg.force``)."""
     grid, x, y = parse_unit(unit)
@@ -307,7 +287,7 @@ def process_unit(cfg: PipelineConfig, unit: str) -> dict[str, Any]:
         return {"skipped": True}
     embeddings = [load_embedding(u) for u in rows[EMB_COLUMN[cfg.embedding_kind]]]
     frame = analyze_chip(rows, embeddings, model, cfg)
-    write_processed(url, frame, inputs_id)
+    geoparquet.write(url, frame, {INPUTS_KEY: inputs_id})  # the inputs digest is for rerun checks
     return {"rows": len(frame), "nan_rows": int(frame["embedding_contains_nan_yn"].sum()),
             "min_sim": float(np.nanmin(frame["cosine_sim"])) if frame["cosine_sim"].notna().any() else None}
 

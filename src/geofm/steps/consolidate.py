@@ -27,15 +27,15 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 
-from geofm import change, storage, vectordb
+from geofm import change, geoparquet, storage, vectordb
 from geofm.aoi import load_aoi
 from geofm.chips import WGS84, ChipGrid
 from geofm.config import PipelineConfig
 from geofm.executors import map_units
 from geofm.layout import Layout
 from geofm.report import StepReport, UnitResult
-from geofm.steps.analyze import INPUTS_KEY, load_embedding, read_parquet, subfolders
-from geofm.synth.mgrs import TILE_EXTENT_M
+from geofm.sentinel2 import TILE_EXTENT_M
+from geofm.steps.analyze import INPUTS_KEY, load_embedding, subfolders
 
 STEP = "consolidate"
 PROCESSED_SUFFIX = "_processed_embeddings.parquet"
@@ -62,7 +62,7 @@ def read_processed(cfg: PipelineConfig, grid: str) -> tuple[gpd.GeoDataFrame, st
     for url in urls:
         data = storage.read_bytes(url)
         ids.append((url.rsplit("/", 1)[-1], (pq.read_schema(io.BytesIO(data)).metadata or {})
-                    .get(INPUTS_KEY, b"").decode()))
+                    .get(INPUTS_KEY.encode(), b"").decode()))
         frames.append(gpd.read_parquet(io.BytesIO(data)))
     rows = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
     rows = rows.sort_values(["y_dim", "x_dim", "date"], kind="stable").reset_index(drop=True)
@@ -135,7 +135,7 @@ def frontend_config(cfg: PipelineConfig, grid: str, rows: pd.DataFrame | None = 
     the vector DB. ``rows`` are the grid's processed rows (read from the consolidated parquet if None)."""
     lay: Layout = cfg.layout
     if rows is None:
-        rows = read_parquet(lay.consolidated_output(grid))
+        rows = geoparquet.read(lay.consolidated_output(grid))
     base = lay.output_dir
     dates = sorted({pd.Timestamp(d).date() for d in rows["date"]})
     baselines = sorted({pd.Timestamp(d).date() for d in rows["baseline_date"].dropna()})
@@ -191,25 +191,13 @@ def is_complete(lay: Layout, grid: str, inputs_id: str) -> bool:
     if not all(storage.exists(u) for u in _outputs(lay, grid)):
         return False
     try:
-        with storage.local_file_for_read(lay.consolidated_output(grid), ".parquet") as path:
-            meta = pq.read_schema(path).metadata or {}
+        return geoparquet.read_metadata(lay.consolidated_output(grid)).get(INPUTS_KEY) == inputs_id
     except Exception:  # a torn or foreign file counts as absent
         return False
-    return meta.get(INPUTS_KEY) == inputs_id.encode()
 
 
 def _write_geojson(url: str, frame: gpd.GeoDataFrame) -> None:
     storage.write_text(url, frame.to_json(drop_id=True))
-
-
-def _write_geoparquet(url: str, frame: gpd.GeoDataFrame, inputs_id: str) -> None:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    table = pq.read_table(io.BytesIO(buf.getvalue()))
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), INPUTS_KEY: inputs_id.encode()})
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    storage.write_bytes(url, out.getvalue())
 
 
 def process_unit(cfg: PipelineConfig, grid: str) -> dict[str, Any]:
@@ -234,7 +222,8 @@ def process_unit(cfg: PipelineConfig, grid: str) -> dict[str, Any]:
     config = frontend_config(cfg, grid, rows)
     storage.write_json(lay.frontend_config(grid), {
         "current_demo_id": cfg.aoi_name, "demos": [{"demo_id": cfg.aoi_name, "config": config}]})
-    _write_geoparquet(lay.consolidated_output(grid), rows, inputs_id)  # last: marks the grid complete
+    # last: marks the grid complete
+    geoparquet.write(lay.consolidated_output(grid), rows, {INPUTS_KEY: inputs_id})
     counts = intensity["change_intensity"].value_counts().to_dict()
     return {"rows": len(rows), "chips": len(intensity), "tile_chips": len(full), "aoi_chips": len(aoi_chips),
             **{f"intensity_{k}": int(v) for k, v in counts.items()}}
@@ -279,7 +268,7 @@ def vector_db_current(cfg: PipelineConfig, grids: list[str]) -> bool:
         tbl = vectordb.open_table(lay.lance_db, Layout.LANCE_TABLE)
         expected = 0
         for grid in grids:
-            rows = read_parquet(lay.consolidated_output(grid))
+            rows = geoparquet.read(lay.consolidated_output(grid))
             expected += int((~rows["embedding_contains_nan_yn"].astype(bool)
                              & rows["s3_location_cls_emb"].notna()).sum())
         has_index = any(i.columns == ["vector"] for i in tbl.list_indices())
@@ -297,7 +286,7 @@ def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
     for grid in grids:
         if not storage.exists(lay.consolidated_output(grid)):
             continue
-        df, v = vector_rows(read_parquet(lay.consolidated_output(grid)))
+        df, v = vector_rows(geoparquet.read(lay.consolidated_output(grid)))
         if len(df):
             frames.append(df)
             vecs.append(v)

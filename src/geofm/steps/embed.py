@@ -17,12 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from geofm import storage
+from geofm import geoparquet, storage
 from geofm.config import PipelineConfig
 from geofm.executors import map_units
 from geofm.models.registry import Embedder, ModelSpec, get_model_spec, load_embedder
@@ -70,15 +69,8 @@ def units(cfg: PipelineConfig) -> list[str]:
                   for u in storage.list_files(cfg.layout.meta_dir, META_SUFFIX))
 
 
-def read_meta(url: str) -> gpd.GeoDataFrame:
-    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))
-
-
-def write_meta(url: str, meta: gpd.GeoDataFrame) -> None:
-    """Rewrite a scene's meta atomically (one PUT / rename)."""
-    buf = io.BytesIO()
-    meta.to_parquet(buf, index=False)
-    storage.write_bytes(url, buf.getvalue())
+read_meta = geoparquet.read
+write_meta = geoparquet.write  # atomic: one PUT or rename
 
 
 def read_chip(url: str, bands: list[str]) -> np.ndarray:

@@ -8,7 +8,6 @@ every file it lists) means the scene is complete.
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
@@ -20,7 +19,7 @@ import xarray as xr
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from geofm import sentinel2, storage, thumbnails
+from geofm import geoparquet, sentinel2, storage, thumbnails
 from geofm.aoi import load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
 from geofm.config import PipelineConfig
@@ -110,13 +109,10 @@ def _meta_frame(rows: list[dict[str, Any]]) -> gpd.GeoDataFrame:
 
 
 def write_meta(url: str, rows: list[dict[str, Any]]) -> None:
-    buf = io.BytesIO()
-    _meta_frame(rows).to_parquet(buf, index=False)
-    storage.write_bytes(url, buf.getvalue())
+    geoparquet.write(url, _meta_frame(rows))
 
 
-def read_meta(url: str) -> gpd.GeoDataFrame:
-    return gpd.read_parquet(io.BytesIO(storage.read_bytes(url)))
+read_meta = geoparquet.read
 
 
 def is_complete(cfg: PipelineConfig, scene_id: str) -> bool:

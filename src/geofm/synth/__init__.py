@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from geofm.synth.mgrs import TILE_EXTENT_M, tile_origin
+from geofm.sentinel2 import TILE_EXTENT_M
+from geofm.synth.mgrs import tile_origin
 from geofm.synth.scene import SynthResult, synthesize
 
 __all__ = ["TILE_EXTENT_M", "SynthResult", "default_dates", "synthesize", "tile_origin"]

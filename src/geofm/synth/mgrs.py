@@ -13,7 +13,6 @@ import re
 
 from geofm.sentinel2 import utm_epsg
 
-TILE_EXTENT_M = 109_800.0
 _SQUARE = 100_000.0
 _COLUMN_SETS = ("STUVWXYZ", "ABCDEFGH", "JKLMNPQR")  # by zone % 3
 _ROW_LETTERS = "ABCDEFGHJKLMNPQRSTUV"  # 20 letters, repeating every 2,000 km

@@ -23,10 +23,10 @@ from shapely.geometry import box, mapping
 from geofm import layout, storage
 from geofm.aoi import to_feature_collection
 from geofm.layout import Layout
-from geofm.sentinel2 import BANDS, BOA_ADD_OFFSET, SCL_NAME, VISUAL_NAME, utm_epsg
+from geofm.sentinel2 import BANDS, BOA_ADD_OFFSET, SCL_NAME, TILE_EXTENT_M, VISUAL_NAME, utm_epsg
 from geofm.synth import spectra as sp
 from geofm.synth.items import BASELINE_04_START, build_item, platform_on
-from geofm.synth.mgrs import TILE_EXTENT_M, parse_grid, tile_origin
+from geofm.synth.mgrs import parse_grid, tile_origin
 from geofm.synth.render import (
     Landscape,
     PlantedChange,
