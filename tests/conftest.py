@@ -2,7 +2,5 @@
 
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 _FIXTURES = Path(__file__).parent / "fixtures"
 pytest_plugins = sorted(f"fixtures.{p.stem}" for p in _FIXTURES.glob("*.py") if not p.name.startswith("_"))

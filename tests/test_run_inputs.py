@@ -192,3 +192,4 @@ def test_dry_run_prints_the_plan_and_writes_nothing(synth_scenes: SynthResult, t
     assert set(plan["steps"]) == {"preprocess", "embed", "analyze", "consolidate"}
     assert "chip_size: 64" in result.output  # the resolved parameters are printed
     assert files_under(out) == before  # nothing written: no chips, no markers, no run record
+    assert not Path(lay.output_dir).exists()  # not even empty output folders

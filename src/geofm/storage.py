@@ -180,7 +180,16 @@ def remove(url: str, recursive: bool = False) -> None:
 
 
 def ensure_writable(url: str) -> None:
-    """Check that ``url`` (a folder) can be written, by writing and removing a probe object."""
+    """Check that ``url`` (a folder) can be written, leaving nothing behind: a local folder by its
+    nearest existing ancestor's permissions, object storage by writing and removing a probe object."""
+    if not is_remote(url):
+        path = Path(_local(url)).absolute()
+        ancestor = next(p for p in (path, *path.parents) if p.exists())
+        if not ancestor.is_dir():
+            raise PermissionError(f"output location {url!r} is not writable: {ancestor} is a file")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise PermissionError(f"output location {url!r} is not writable: no permission on {ancestor}")
+        return
     probe = url.rstrip("/") + f"/.geofm-write-probe-{uuid.uuid4().hex}"
     try:
         write_bytes(probe, b"ok")
