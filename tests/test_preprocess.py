@@ -359,6 +359,27 @@ def test_rerun_skips_and_force_redoes(tmp_path: Path) -> None:
     assert forced.count("done") == 1
 
 
+def test_changed_aoi_removes_chips_no_longer_made(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first_aoi = write_aoi(tmp_path / "a1.geojson", ORIGIN[0] + 700, ORIGIN[1] - 700, ORIGIN[0] + 800, ORIGIN[1] - 650)
+    cfg = PipelineConfig(aoi_name="c", aoi=first_aoi, output_root=str(out), s2_bands=["red"],
+                         chip_size=CHIP, workers=1, retries=0)
+    scene = "S2A_33TWL_20230601_0_L2A"
+    install_item(cfg, make_scene(tmp_path / "s", scene, 1), tmp_path / "s")
+    assert preprocess.run(cfg, quiet=True).ok
+    old = preprocess.read_meta(cfg.layout.meta(scene))
+    assert sorted(old.chip_id) == ["1_1"]
+    # a new AOI in chip 2_2 (pixels 130..190): the rerun makes 2_2 and removes 1_1's files
+    second_aoi = write_aoi(tmp_path / "a2.geojson", ORIGIN[0] + 1400, ORIGIN[1] - 1500, ORIGIN[0] + 1500, ORIGIN[1] - 1400)
+    # (a changed AOI changes the step fingerprint, so the run redoes the scene: force stands for that here)
+    result = preprocess.process_unit(cfg.model_copy(update={"aoi": second_aoi, "force": True}), scene)
+    assert result["chips"] == 1 and result["removed_stale_files"] == 2
+    new = preprocess.read_meta(cfg.layout.meta(scene))
+    assert sorted(new.chip_id) == ["2_2"]
+    assert not Path(old.s3_location_netcdf.iloc[0]).exists() and not Path(old.s3_location_png_thumbnail.iloc[0]).exists()
+    assert sorted(p.name for p in out.rglob("*.nc")) == [f"{scene}_{CHIP}_chipped_2_2.nc"]
+
+
 def test_outputs_to_s3(s3_bucket: str, tmp_path: Path) -> None:
     cfg = PipelineConfig(aoi_name="s3", output_root=f"s3://{s3_bucket}/geofm", s2_bands=["red", "swir16"],
                          chip_size=CHIP, whole_tile=True, workers=1, retries=0)

@@ -115,6 +115,9 @@ def write_meta(url: str, rows: list[dict[str, Any]]) -> None:
 read_meta = geoparquet.read
 
 
+FILE_COLUMNS = ("s3_location_netcdf", "s3_location_png_thumbnail")
+
+
 def is_complete(cfg: PipelineConfig, scene_id: str) -> bool:
     """The scene's meta exists, was made with this chip size, and every file it lists exists."""
     url = cfg.layout.meta(scene_id)
@@ -126,8 +129,7 @@ def is_complete(cfg: PipelineConfig, scene_id: str) -> bool:
         return False
     if len(meta) and (meta["chip_size"] != cfg.chip_size).any():
         return False
-    files = [*meta["s3_location_netcdf"], *meta["s3_location_png_thumbnail"]]
-    return all(storage.exists(f) for f in files)
+    return all(storage.exists(f) for c in FILE_COLUMNS for f in meta[c])
 
 
 # ---- one scene ----------------------------------------------------------------------------------
@@ -151,8 +153,24 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
             data = reader.read_chip(grid, chip)
             rows.append(_write_chip(cfg, scene_id, grid_code, grid, chip, data, bands, when,
                                     reader.offset))
+    stale = _stale_files(layout.meta(scene_id), rows)
     write_meta(layout.meta(scene_id), rows)  # last: its presence means the scene is complete
-    return {"chips": len(rows), "grid": f"{grid.n_cols}x{grid.n_rows}", "crs": grid.crs}
+    for url in stale:  # chips of an earlier run that this run no longer makes (the AOI changed, say)
+        storage.remove(url)
+    return {"chips": len(rows), "grid": f"{grid.n_cols}x{grid.n_rows}", "crs": grid.crs,
+            "removed_stale_files": len(stale)}
+
+
+def _stale_files(meta_url: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Chip files listed by the scene's previous meta that the new rows do not list."""
+    try:
+        old = read_meta(meta_url) if storage.exists(meta_url) else None
+    except Exception:  # a torn or foreign meta: nothing known to clean
+        return []
+    if old is None or old.empty:
+        return []
+    keep = {r[c] for r in rows for c in FILE_COLUMNS}
+    return sorted({u for c in FILE_COLUMNS for u in old[c] if isinstance(u, str)} - keep)
 
 
 def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGrid, chip: Chip,
