@@ -189,6 +189,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(synth_scenes: SynthResult, t
     plan = json.loads(result.output[result.output.index("\nplan\n") + 6:])
     assert plan["scenes"] == synth_scenes.scene_ids
     assert plan["steps"]["preprocess"] == f"{len(synth_scenes.scene_ids)} units of work"
+    # 2560 m at 64 px chips is a 4 x 4 grid; synth's AOI meets 9 of its chips, on every date
+    assert plan["chips_per_scene"] == {sid: 9 for sid in synth_scenes.scene_ids}
+    assert plan["chips"] == 9 * len(synth_scenes.scene_ids)
     assert set(plan["steps"]) == {"preprocess", "embed", "analyze", "consolidate"}
     assert "chip_size: 64" in result.output  # the resolved parameters are printed
     assert files_under(out) == before  # nothing written: no chips, no markers, no run record

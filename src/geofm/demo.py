@@ -65,6 +65,24 @@ def run_demo(out: str, model: str = "auto", quiet: bool = False, console: Consol
         return 1
 
     grid = DEMO_GRID
+    lay = cfg.layout
+    where = Table(title="what the demo made, and where")
+    where.add_column("artifact")
+    where.add_column("location", overflow="fold")
+    for name, url in (
+        ("synthetic scenes (COGs, STAC items)", str(synth.items_path).rsplit("/", 1)[0]),
+        ("planted-change truth", str(synth.truth_path)),
+        ("scene items + AOI (input layout)", lay.input_dir),
+        ("chip metadata (GeoParquet)", lay.meta_dir),
+        ("chips (NetCDF) / thumbnails (PNG)", f"{lay.output_dir}/raw-chips, {lay.output_dir}/rgb-imgs"),
+        (f"embeddings ({chosen})", lay.embeddings_dir(chosen)),
+        ("change over time, per chip", lay.processed_embeddings_dir(grid)),
+        ("consolidated output, grids, config", lay.consolidated_dir(grid)),
+        ("vector database (LanceDB)", lay.lance_db),
+        ("run records", lay.runs_dir),
+    ):
+        where.add_row(name, url)
+    console.print(where)
     chips = _changed_chips(cfg, grid)
     truth = _truth_chips(str(synth.truth_path), chips)
     table = Table(title="chips that changed most (lowest similarity to the baseline)")

@@ -115,6 +115,17 @@ def plan(cfg: PipelineConfig, steps: list[str]) -> dict[str, Any]:
     scenes = [cfg.layout.scene_id_from_metadata(u)
               for u in storage.list_files(cfg.layout.scenes_dir, "_metadata.json")]
     out["scenes"] = scenes
+    if "preprocess" in steps:
+        from geofm.steps.preprocess import planned_chips
+
+        chips: dict[str, int | str] = {}
+        for sid in scenes:
+            try:
+                chips[sid] = planned_chips(cfg, sid)
+            except Exception as exc:  # the run will report this scene's failure; the plan says why
+                chips[sid] = f"unreadable: {exc}"
+        out["chips_per_scene"] = chips
+        out["chips"] = sum(n for n in chips.values() if isinstance(n, int))
     for step in steps:
         if step == "discover":
             out["steps"][step] = f"search {cfg.stac_url} collection {cfg.collection}"

@@ -173,6 +173,16 @@ def _stale_files(meta_url: str, rows: list[dict[str, Any]]) -> list[str]:
     return sorted({u for c in FILE_COLUMNS for u in old[c] if isinstance(u, str)} - keep)
 
 
+def planned_chips(cfg: PipelineConfig, scene_id: str) -> int:
+    """How many chips the scene would give (AOI chips, or the whole tile): reads only COG headers."""
+    item_url = cfg.layout.scene_metadata(scene_id)
+    item = load_item(item_url, scene_id)
+    aoi = _aoi(cfg)
+    with SceneReader(item, [*sentinel2.RGB_BANDS], scene_id, item_url) as reader:
+        grid = reader.grid(cfg.chip_size)
+        return len(list(grid.all_chips())) if aoi is None else len(grid.chips_meeting(aoi))
+
+
 def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGrid, chip: Chip,
                 data: dict[str, np.ndarray], bands: list[str], when: pd.Timestamp, offset: int
                 ) -> dict[str, Any]:
