@@ -60,6 +60,13 @@ def exists(url: str) -> bool:
     return filesystem(url).exists(url)
 
 
+def version(url: str) -> str:
+    """Size and modification stamp of a file (local or s3): tells when a cached copy is stale."""
+    info = filesystem(url).info(_local(url) if not is_remote(url) else url)
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
+    return f"{info.get('size')}:{stamp}"
+
+
 def read_bytes(url: str) -> bytes:
     if not is_remote(url):
         return Path(_local(url)).read_bytes()

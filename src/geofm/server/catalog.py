@@ -4,6 +4,7 @@ values only ever select rows of the metadata, they never become part of a path (
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -73,7 +74,8 @@ def clean(value: Any) -> Any:
 class Catalog:
     """The AOIs and their consolidated outputs under one root (a folder or ``s3://bucket/prefix``).
 
-    Tables are read once and cached: the explorer looks at a finished output.
+    Tables are read once and cached while the grid's consolidated output is unchanged: a rerun of
+    step 4 rewrites that file last, and the next request reads the new outputs.
     """
 
     def __init__(self, root: str) -> None:
@@ -82,12 +84,18 @@ class Catalog:
         self._lock = threading.Lock()
 
     def _cached(self, key: tuple[str, ...], load: Any) -> Any:
+        """``load()`` once per key; keys of a grid (aoi, grid, ...) are reloaded when step 4 reran."""
+        stamp = ""
+        if len(key) >= 3:
+            with contextlib.suppress(FileNotFoundError):
+                stamp = storage.version(self.layout(key[1]).consolidated_output(key[2]))
         with self._lock:
-            if key in self._cache:
-                return self._cache[key]
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
         value = load()
         with self._lock:
-            self._cache[key] = value
+            self._cache[key] = (stamp, value)
         return value
 
     # ---- AOIs and grids ------------------------------------------------------------------------

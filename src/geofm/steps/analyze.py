@@ -166,17 +166,10 @@ def prepare(cfg: PipelineConfig) -> PCAModel:
 _ROWS_CACHE: dict[str, tuple[str, gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]] = {}
 
 
-def _version(url: str) -> str:
-    """Size and modification stamp of a file (local or s3), to know when a cached copy is stale."""
-    info = storage.filesystem(url).info(url.removeprefix("file://"))
-    stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
-    return f"{info.get('size')}:{stamp}"
-
-
 def all_rows(url: str) -> tuple[gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]:
     """``analyze_rows`` and an index (grid, chip_id) -> row positions, read once per worker process
     (not once per chip: on S3 that would move the whole file for every unit)."""
-    version = _version(url)
+    version = storage.version(url)
     cached = _ROWS_CACHE.get(url)
     if cached is None or cached[0] != version:
         frame = geoparquet.read(url)
@@ -194,7 +187,7 @@ def global_pca(url: str) -> PCAModel:
     """The saved PCA, read once per worker process while the file is unchanged (it can be 10+ MB)."""
     if not storage.exists(url):
         return load_pca(url)  # raises naming the missing file
-    version = _version(url)
+    version = storage.version(url)
     cached = _PCA_CACHE.get(url)
     if cached is None or cached[0] != version:
         _PCA_CACHE.clear()
