@@ -149,8 +149,41 @@ def test_patch_embeddings_switch_off_and_limits(synth_scenes: Any, tmp_path: Pat
 def test_bad_inputs_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model 'clay-v7'"):
         embed.run(PipelineConfig(output_root=str(tmp_path), model="clay-v7"), quiet=True)
-    with pytest.raises(ValueError, match=r"spectral needs bands.*lacks \['swir22'\]"):
+    with pytest.raises(ValueError, match=r"spectral needs at least bands.*lack \['nir'\]"):
         embed.run(PipelineConfig(output_root=str(tmp_path), model="spectral",
-                                 embed_bands=["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir",
-                                              "nir08", "swir16"]), quiet=True)
+                                 embed_bands=["blue", "green", "red", "swir16"]), quiet=True)
+    with pytest.raises(ValueError, match=r"embed_bands \['swir16'\] were not chipped"):
+        embed.run(PipelineConfig(output_root=str(tmp_path), model="clay-tiny", s2_bands=["red", "nir"],
+                                 embed_bands=["red", "swir16"]), quiet=True)
+    with pytest.raises(ValueError, match=r"model clay-tiny does not take bands \['coastal'\]"):
+        embed.run(PipelineConfig(output_root=str(tmp_path), model="clay-tiny", embed_bands=["coastal"]),
+                  quiet=True)
     assert embed.run(PipelineConfig(output_root=str(tmp_path), model="spectral"), quiet=True).results == []
+
+
+def test_scene_whose_every_chip_fails_is_a_failed_unit(synth_scenes: Any, tmp_path: Path) -> None:
+    """A scene with no embeddable chip fails (named, with the first reason); the other scene finishes."""
+    good, bad = synth_scenes.clear_scene_ids[0], synth_scenes.clear_scene_ids[-1]
+    cfg = _prepare(synth_scenes, tmp_path, [good, bad], model="spectral", embed_max_missing=1.0)
+    for url in embed.read_meta(cfg.layout.meta(bad))["s3_location_netcdf"]:
+        storage.write_bytes(url, b"not a netcdf file")
+    report = embed.run(cfg, quiet=True)
+    by_unit = {r.unit: r for r in report.results}
+    assert by_unit[good].status == "done"
+    assert by_unit[bad].status == "failed"
+    assert f"scene {bad}: no chip could be embedded" in by_unit[bad].error and "chip 0_0" in by_unit[bad].error
+
+
+def test_default_bands_are_the_chipped_ones(synth_scenes: Any, tmp_path: Path) -> None:
+    """Chips with only blue, green, red, nir (like the real test data) embed with both model kinds."""
+    sid = synth_scenes.clear_scene_ids[0]
+    rgbn = ["blue", "green", "red", "nir"]
+    cfg = _prepare(synth_scenes, tmp_path, [sid], model="spectral", s2_bands=rgbn, embed_max_missing=1.0)
+    for model in ("spectral", "clay-tiny"):
+        run_cfg = cfg.model_copy(update={"model": model, "checkpoint": "random" if model == "clay-tiny" else None})
+        assert embed.model_bands(run_cfg, embed.get_model_spec(model)) == rgbn
+        report = embed.run(run_cfg, quiet=True)
+        assert report.ok, report.summary()
+        meta = _meta(cfg, sid)
+        assert (meta["embedding_status"] == "ok").all()
+        assert all("_blue_green_red_nir_" in u for u in meta["s3_location_cls_emb"])

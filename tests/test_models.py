@@ -248,6 +248,27 @@ def test_spectral_separates_land_covers() -> None:
     assert patch[1, :, 10].min() > 0.7 and patch[0, :, 10].max() < 0 and patch[0, :, 11].min() > 0.3
 
 
+def test_spectral_on_rgb_nir_only_keeps_positions_and_separates_covers() -> None:
+    """Data with only blue, green, red, nir: absent bands and the indices needing them are 0, the
+    other features equal the full-band ones, and land covers still separate."""
+    rgbn = ["blue", "green", "red", "nir"]
+    kinds = ["water", "forest", "bare"]
+    full_px = np.stack([scene(k, seed) for seed in (0, 1) for k in kinds])
+    px = full_px[:, [BANDS.index(b) for b in rgbn]]
+    cls, patch = spectral_features(px, rgbn)
+    _, full = spectral_features(full_px, BANDS)
+    assert cls.shape == (6, 32) and patch.shape == (6, 16, 32)
+    kept = [BANDS.index(b) for b in rgbn]
+    np.testing.assert_allclose(patch[..., kept], full[..., kept], rtol=1e-6)  # band means in place
+    np.testing.assert_allclose(patch[..., [10, 11]], full[..., [10, 11]], rtol=1e-6)  # NDVI, NDWI
+    absent = [i for i in range(10) if i not in kept] + [12, 13, 14, 15]  # other bands; MNDWI..NBR
+    assert np.all(patch[..., absent] == 0)
+    unit = cls / np.linalg.norm(cls, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    for i in range(3):
+        assert sim[i, i + 3] > max(sim[i, j] for j in range(6) if j % 3 != i) + 0.1
+
+
 def test_spectral_patch_change_is_localised_and_nan_safe() -> None:
     before = scene("forest", 0)
     after = before.copy()
@@ -263,8 +284,9 @@ def test_spectral_patch_change_is_localised_and_nan_safe() -> None:
 
 
 def test_spectral_needs_its_bands() -> None:
-    with pytest.raises(ValueError, match=r"missing \['swir22'\]"):
-        spectral_features(np.zeros((1, 9, 8, 8), np.float32), BANDS[:-1])
+    without_nir = [b for b in BANDS if b != "nir"]
+    with pytest.raises(ValueError, match=r"missing \['nir'\]"):
+        spectral_features(np.zeros((1, 9, 8, 8), np.float32), without_nir)
     e = load_embedder("spectral")
     cls, patch = e.embed(chips(n=2), BANDS, WHEN[:2], [0, 0], [0, 0], 10.0)
     assert cls.shape == (2, 32) and patch.shape == (2, 4, 32)

@@ -11,6 +11,9 @@ Per 8x8 patch (``PATCH_FEATURES``, 32 values, in this order):
   26-31  within-patch standard deviation of each index, computed per pixel
 Class embedding (32 values): mean over valid patches of features 0-15, then their std over valid patches.
 Nodata (NaN) pixels are ignored; a patch with no valid pixel gets zeros and is left out of the class pooling.
+Band subsets: blue, green, red and nir are required; any other band may be absent (data with only RGB+NIR,
+like many archives): its features, and those of the indices that need it, are 0 for every patch, so the
+dimension and meaning of every position stay fixed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from geofm.sentinel2 import BANDS
 
 SPECTRAL_BANDS: tuple[str, ...] = tuple(b.name for b in BANDS if b.clay_mean is not None)
+REQUIRED_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
 PATCH_SIZE = 8
 # (name, a, b): index = (a - b) / (a + b) on reflectance
 INDICES: tuple[tuple[str, str, str], ...] = (
@@ -58,30 +62,40 @@ def spectral_features(pixels: np.ndarray, bands: list[str]) -> tuple[np.ndarray,
     """Class [B, 32] and patch [B, L, 32] embeddings of harmonised-DN pixels [B, C, H, W] (NaN = nodata)."""
     if pixels.ndim != 4:
         raise ValueError(f"spectral: pixels must be [B, C, H, W], got shape {pixels.shape}")
-    missing = [b for b in SPECTRAL_BANDS if b not in bands]
+    missing = [b for b in REQUIRED_BANDS if b not in bands]
     if missing:
-        raise ValueError(f"spectral needs bands {list(SPECTRAL_BANDS)}; missing {missing}")
+        raise ValueError(f"spectral needs at least bands {list(REQUIRED_BANDS)}; missing {missing}")
     h, w = pixels.shape[-2:]
     if h % PATCH_SIZE or w % PATCH_SIZE:
         raise ValueError(f"spectral: chip side must be a multiple of {PATCH_SIZE}, got {h}x{w}")
-    x = pixels[:, [bands.index(b) for b in SPECTRAL_BANDS]].astype(np.float32)
+    pos = [i for i, b in enumerate(SPECTRAL_BANDS) if b in bands]  # positions of the bands we have
+    have = [SPECTRAL_BANDS[i] for i in pos]
+    x = pixels[:, [bands.index(b) for b in have]].astype(np.float32)
     x = np.where(np.isfinite(x), x, np.nan)
-    z = (x - _MEAN[None, :, None, None]) / _STD[None, :, None, None]
-    refl = {name: x[:, i] for i, name in enumerate(SPECTRAL_BANDS)}
-    idx_pix = np.stack([_ratio(refl[a], refl[b]) for _, a, b in INDICES], axis=1)
+    z = (x - _MEAN[None, pos, None, None]) / _STD[None, pos, None, None]
+    refl = {name: x[:, i] for i, name in enumerate(have)}
+    usable = [a in refl and b in refl for _, a, b in INDICES]
+    zero = np.zeros_like(x[:, 0])
+    idx_pix = np.stack([_ratio(refl[a], refl[b]) if ok else zero
+                        for (_, a, b), ok in zip(INDICES, usable, strict=True)], axis=1)
     idx_pix = np.where(np.isnan(x).any(axis=1, keepdims=True), np.nan, idx_pix)
 
     zp, xp, ip = _patches(z, PATCH_SIZE), _patches(x, PATCH_SIZE), _patches(idx_pix, PATCH_SIZE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN patches
-        band_mean = np.nanmean(zp, axis=-1)
-        band_std = np.nanstd(zp, axis=-1)
-        refl_mean = np.nanmean(xp, axis=-1)  # [B, L, C]
+        band_mean_have = np.nanmean(zp, axis=-1)
+        band_std_have = np.nanstd(zp, axis=-1)
+        refl_mean = np.nanmean(xp, axis=-1)  # [B, L, C present]
         idx_std = np.nanstd(ip, axis=-1)
-    rm = {name: refl_mean[..., i] for i, name in enumerate(SPECTRAL_BANDS)}
-    idx_mean = np.stack([_ratio(rm[a], rm[b]) for _, a, b in INDICES], axis=-1)
+    band_mean = np.zeros((*band_mean_have.shape[:2], N_BANDS), dtype=np.float32)
+    band_std = np.zeros_like(band_mean)
+    band_mean[..., pos], band_std[..., pos] = band_mean_have, band_std_have
+    rm = {name: refl_mean[..., i] for i, name in enumerate(have)}
+    zero_patch = np.zeros(refl_mean.shape[:2], dtype=np.float32)
+    idx_mean = np.stack([_ratio(rm[a], rm[b]) if ok else zero_patch
+                         for (_, a, b), ok in zip(INDICES, usable, strict=True)], axis=-1)
     patch = np.concatenate([band_mean, idx_mean, band_std, idx_std], axis=-1)
-    valid = np.isfinite(band_mean).all(axis=-1)  # [B, L]
+    valid = np.isfinite(band_mean_have).all(axis=-1)  # [B, L]
     patch = np.nan_to_num(patch, nan=0.0).astype(np.float32)
 
     head = patch[..., : N_BANDS + N_INDICES]

@@ -24,6 +24,7 @@ import xarray as xr
 from geofm import geoparquet, storage
 from geofm.config import PipelineConfig
 from geofm.executors import map_units
+from geofm.models import spectral
 from geofm.models.registry import Embedder, ModelSpec, get_model_spec, load_embedder
 from geofm.report import StepReport
 from geofm.sentinel2 import band_tag
@@ -53,12 +54,28 @@ def load_model(cfg: PipelineConfig) -> None:
 
 
 def model_bands(cfg: PipelineConfig, spec: ModelSpec) -> list[str]:
-    """Bands fed to the model: ``cfg.embed_bands`` or the model's own; ``spectral`` needs its own set."""
-    bands = list(cfg.embed_bands or spec.bands)
+    """Bands fed to the model: ``cfg.embed_bands``, else the model's bands that step 1 chipped
+    (``s2_bands``), in the model's order. Clay takes any subset (its patch embedding is conditioned on
+    the wavelengths); ``spectral`` needs at least blue, green, red and nir."""
+    if cfg.embed_bands:
+        bands = list(cfg.embed_bands)
+        unknown = [b for b in bands if b not in spec.bands]
+        if unknown:
+            raise ValueError(f"model {spec.name} does not take bands {unknown}; it takes {list(spec.bands)}")
+        not_chipped = [b for b in bands if b not in cfg.s2_bands]
+        if not_chipped:
+            raise ValueError(f"embed_bands {not_chipped} were not chipped by step 1 "
+                             f"(s2_bands {cfg.s2_bands})")
+    else:
+        bands = [b for b in spec.bands if b in cfg.s2_bands]
+        if not bands:
+            raise ValueError(f"none of model {spec.name}'s bands {list(spec.bands)} is in "
+                             f"s2_bands {cfg.s2_bands}")
     if spec.kind == "spectral":
-        missing = [b for b in spec.bands if b not in bands]
+        missing = [b for b in spectral.REQUIRED_BANDS if b not in bands]
         if missing:
-            raise ValueError(f"model spectral needs bands {list(spec.bands)}; embed_bands lacks {missing}")
+            raise ValueError(f"model spectral needs at least bands {list(spectral.REQUIRED_BANDS)}; "
+                             f"the bands given lack {missing}")
     return bands
 
 
@@ -167,6 +184,7 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
     todo = [i for i in range(n) if status[i] == STATUS_OK]
     embedder = get_embedder(cfg) if todo else None
 
+    first_error: str | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chip-prefetch") as pool:
         batches = list(_batches(todo, cfg.batch_size))
         pending: Future[list[tuple[int, np.ndarray | str]]] | None = (
@@ -180,6 +198,7 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
             for i, err in loaded:
                 if isinstance(err, str):
                     status[i] = STATUS_FAILED
+                    first_error = first_error or f"chip {meta.at[i, 'chip_id']}: {err}"
                     log.warning("embed %s: chip %s unreadable: %s", scene_id, meta.at[i, "chip_id"], err)
             if not good:
                 continue
@@ -200,6 +219,8 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
                     patch_urls[i] = layout.embedding("patch", cfg.model, scene_id, size, tag, x, y)
                     storage.write_bytes(patch_urls[i], npy_bytes(patch[k]))
 
+    if todo and STATUS_OK not in status:  # nothing embedded: the scene failed, say why
+        raise RuntimeError(f"scene {scene_id}: no chip could be embedded ({first_error})")
     for i in range(n):
         if status[i] == STATUS_OK:
             grid, x, y = meta.at[i, "mgrs_grid"], int(meta.at[i, "x_dim"]), int(meta.at[i, "y_dim"])
