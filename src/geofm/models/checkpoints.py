@@ -135,10 +135,12 @@ def save_encoder(state: dict[str, Tensor], path: Path, metadata: dict[str, str])
 
 
 def download_checkpoint(hf_filename: str) -> Path:
-    """Fetch an official checkpoint from the Hugging Face repo (cached by huggingface_hub)."""
+    """Fetch an official checkpoint from the Hugging Face repo (cached by huggingface_hub); a mirror or
+    test server is taken from ``HF_ENDPOINT``, read at call time."""
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=HF_REPO, filename=hf_filename))
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    return Path(hf_hub_download(repo_id=HF_REPO, filename=hf_filename, endpoint=endpoint))
 
 
 def import_checkpoint(spec: Any, checkpoint: str | Path | None = None) -> Path:
