@@ -100,20 +100,20 @@ class Layout:
         return join(folder, f"{scene_id}_{chip_size}_chip_{kind}_embeddings_{bands}_{x_dim}_{y_dim}.npy")
 
     def unique_chip_ids_dir(self, grid: str) -> str:
-        return join(self.output_dir, "unique-chip-ids", grid)
+        return join(self.unique_chip_ids_root, grid)
 
     def unique_chip_id(self, grid: str, x_dim: int, y_dim: int) -> str:
         return join(self.unique_chip_ids_dir(grid), f"{x_dim}_{y_dim}.txt")
 
     def processed_embeddings_dir(self, grid: str) -> str:
-        return join(self.output_dir, "processed-embeddings", grid)
+        return join(self.processed_embeddings_root, grid)
 
     def processed_embeddings(self, grid: str, x_dim: int, y_dim: int) -> str:
         return join(self.processed_embeddings_dir(grid), f"{x_dim}_{y_dim}_processed_embeddings.parquet")
 
     def reducer_model(self, name: str = "pca") -> str:
         """The globally fitted reducer (PCA) that every chip is projected with."""
-        return join(self.output_dir, "processed-embeddings", f"{name}_model.npz")
+        return join(self.processed_embeddings_root, f"{name}_model.npz")
 
     @property
     def unique_chip_ids_root(self) -> str:
@@ -128,7 +128,7 @@ class Layout:
     @property
     def analyze_rows(self) -> str:
         """Step 3's input rows (meta rows passing the limits, all chips), written once before its units."""
-        return join(self.output_dir, "processed-embeddings", "analyze_rows.parquet")
+        return join(self.processed_embeddings_root, "analyze_rows.parquet")
 
     def rgb_thumbnails_dir(self, grid: str) -> str:
         """The grid's thumbnail folder (``rgb-imgs/<level>/<grid>``, dated folders below)."""
@@ -140,7 +140,7 @@ class Layout:
         return join(self.output_dir, "consolidated-output")
 
     def consolidated_dir(self, grid: str) -> str:
-        return join(self.output_dir, "consolidated-output", grid)
+        return join(self.consolidated_root, grid)
 
     def consolidated_output(self, grid: str) -> str:
         return join(self.consolidated_dir(grid), "consolidated_output.parquet")
