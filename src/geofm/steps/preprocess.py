@@ -19,7 +19,7 @@ import xarray as xr
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from geofm import geoparquet, sentinel2, storage, thumbnails
+from geofm import geoparquet, netcdf, sentinel2, storage, thumbnails
 from geofm.aoi import load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
 from geofm.config import PipelineConfig
@@ -28,7 +28,7 @@ from geofm.report import StepReport
 from geofm.scene import SceneReader, item_datetime, load_item
 
 STEP = "preprocess"
-NETCDF_ENGINE = "h5netcdf"
+NETCDF_ENGINE = "h5netcdf"  # the engine that reads the chips back
 NETCDF_COMPLEVEL = 1  # with the shuffle filter: smaller and faster than level 4 without it
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,9 @@ def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, 
 
 
 def netcdf_bytes(ds: xr.Dataset) -> bytes:
-    encoding = {v: {"zlib": True, "complevel": NETCDF_COMPLEVEL, "shuffle": True} for v in ds.data_vars}
-    return bytes(ds.to_netcdf(engine=NETCDF_ENGINE, encoding=encoding))
+    """The chip as NetCDF-4 bytes, written with h5py (:mod:`geofm.netcdf`, ~2x faster than xarray's
+    ``to_netcdf``); read back with ``xr.open_dataset(..., engine="h5netcdf")`` it is the same dataset."""
+    return netcdf.dataset_bytes(ds, complevel=NETCDF_COMPLEVEL, shuffle=True)
 
 
 # ---- meta ---------------------------------------------------------------------------------------

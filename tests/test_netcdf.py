@@ -1,0 +1,183 @@
+"""The h5py chip writer (geofm.netcdf, step 1's ``netcdf_bytes``) against xarray's own ``to_netcdf``.
+
+A chip is cut from the real 33TWL COG crops (4 bands + SCL) and a 12-band chip with planted nodata is built
+by ``chip_dataset``; both are written by the new writer and by xarray (the previous step-1 writer, kept
+here as the reference) and read back with ``xr.open_dataset(engine="h5netcdf")``: values bit for bit, dtypes,
+coordinates, attributes, encodings, decoded time and the CRS/transform rioxarray sees must be the same.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import h5netcdf
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import rioxarray
+import xarray as xr
+from affine import Affine
+
+from geofm import netcdf, sentinel2
+from geofm.chips import ChipGrid
+from geofm.scene import SceneReader, item_datetime
+from geofm.steps import preprocess
+
+SCENE = "S2B_33TWL_20230810_0_L2A"
+ENCODING_KEYS = ("dtype", "zlib", "shuffle", "complevel", "chunksizes", "contiguous", "_FillValue",
+                 "units", "calendar", "coordinates")
+
+
+def xarray_bytes(ds: xr.Dataset) -> bytes:
+    """The previous step-1 writer: xarray + h5netcdf, zlib level 1 + shuffle on every data variable."""
+    encoding = {v: {"zlib": True, "complevel": preprocess.NETCDF_COMPLEVEL, "shuffle": True}
+                for v in ds.data_vars}
+    return bytes(ds.to_netcdf(engine="h5netcdf", encoding=encoding))
+
+
+def chip_attrs(scene_id: str, grid: ChipGrid, x_dim: int, y_dim: int, bands: list[str], when: pd.Timestamp
+               ) -> dict:
+    return {"scene_id": scene_id, "mgrs_grid": "33TWL", "chip_id": f"{x_dim}_{y_dim}", "x_dim": x_dim,
+            "y_dim": y_dim, "chip_size": grid.chip_size, "gsd": grid.gsd, "crs": grid.crs, "bands": bands,
+            "wavelengths": [sentinel2.band(b).wavelength for b in bands], "datetime": when.isoformat(),
+            "centroid_lat": 41.25, "centroid_lon": 15.5, "boa_offset_subtracted": 1000}
+
+
+@pytest.fixture(scope="module")
+def real_chip(shared_data: Path) -> xr.Dataset:
+    """Chip 1_2 (64 px) of a real scene, as step 1 builds it, with a planted nodata corner."""
+    folder = shared_data / "s2l2a-33TWL-cogcrop" / SCENE
+    item_url = str(folder / f"{SCENE}.json")
+    item = json.loads(Path(item_url).read_text())
+    bands = ["blue", "green", "red", "nir"]
+    with SceneReader(item, bands, SCENE, item_url) as reader:
+        grid = reader.grid(64)
+        chip = grid.chip(1, 2)
+        data = reader.read_chip(grid, chip)
+    data["red"][:5, :7] = np.nan
+    when = item_datetime(item)
+    return preprocess.chip_dataset(data, bands, grid, chip, chip_attrs(SCENE, grid, 1, 2, bands, when), when)
+
+
+def synthetic_chip(bands: list[str], size: int = 32) -> xr.Dataset:
+    """A chip of every listed band (random DN, NaN stripes) and SCL (0 = nodata corner)."""
+    rng = np.random.default_rng(7)
+    grid = ChipGrid(Affine(10, 0, 600000, 0, -10, 4500000), 4 * size, 4 * size, "EPSG:32633", size)
+    chip = grid.chip(2, 1)
+    data = {b: rng.integers(0, 12000, (size, size)).astype(np.float32) for b in bands}
+    for i, b in enumerate(bands):
+        data[b][i % size, :] = np.nan
+    data["scl"] = rng.integers(1, 12, (size, size)).astype(np.uint8)
+    data["scl"][:3, :3] = 0
+    when = pd.Timestamp("2023-07-14T09:50:31.024Z")
+    return preprocess.chip_dataset(data, bands, grid, chip, chip_attrs("S2A_33TWL_20230714_0_L2A", grid, 2, 1,
+                                                                       bands, when), when)
+
+
+def read(blob: bytes) -> xr.Dataset:
+    return xr.open_dataset(io.BytesIO(blob), engine="h5netcdf").load()
+
+
+def assert_same_file_content(ds: xr.Dataset, tmp_path: Path) -> xr.Dataset:
+    """Write ``ds`` both ways and assert the read-back datasets agree in everything step 2+ relies on."""
+    ours, theirs = read(preprocess.netcdf_bytes(ds)), read(xarray_bytes(ds))
+    xr.testing.assert_identical(ours, theirs)  # values (NaN where NaN), dims, coords, all attributes
+    assert list(ours.variables) == list(theirs.variables)
+    assert list(ours.coords) == list(theirs.coords) == ["x", "y", "time", "spatial_ref"]
+    for name in ours.variables:
+        a, b = ours[name], theirs[name]
+        assert a.dtype == b.dtype, name
+        assert a.values.tobytes() == b.values.tobytes(), f"{name}: not bit-identical"
+        for key in ENCODING_KEYS:
+            assert str(a.encoding.get(key)) == str(b.encoding.get(key)), f"{name}: encoding {key}"
+    for name, var in ds.data_vars.items():  # and both equal what was written
+        assert ours[name].values.tobytes() == var.values.tobytes(), name
+        assert ours[name].attrs == {"grid_mapping": "spatial_ref"}
+    assert ours.attrs.keys() == theirs.attrs.keys() == ds.attrs.keys()
+    assert ours.time.values == ds.time.values and ours.time.dtype == np.dtype("datetime64[ns]")
+    assert ours.rio.crs == theirs.rio.crs == ds.rio.crs
+    assert ours.rio.transform() == theirs.rio.transform() == ds.rio.transform()
+    path = tmp_path / "ours.nc"
+    path.write_bytes(preprocess.netcdf_bytes(ds))
+    for band in ds.attrs["bands"]:  # GDAL's view through rioxarray, per variable
+        with rioxarray.open_rasterio(path, variable=band, masked=True) as gdal_ds:
+            da = gdal_ds[band]
+            assert da.rio.crs.to_epsg() == int(ds.attrs["crs"].split(":")[1])
+            assert da.rio.transform() == ds.rio.transform()
+            np.testing.assert_array_equal(da.values[0], ds[band].values)
+    return ours
+
+
+def test_real_chip_reads_back_the_same_as_xarrays_file(real_chip: xr.Dataset, tmp_path: Path) -> None:
+    ours = assert_same_file_content(real_chip, tmp_path)
+    assert np.isnan(ours["red"].values[:5, :7]).all() and not np.isnan(ours["red"].values[5:, 7:]).any()
+    assert ours["scl"].dtype == np.uint8 and "_FillValue" not in ours["scl"].encoding
+    assert ours.attrs["bands"] == ["blue", "green", "red", "nir"]
+    np.testing.assert_array_equal(ours.attrs["wavelengths"], [0.493, 0.56, 0.665, 0.842])
+    assert ours.attrs["crs"] == "EPSG:32633" and ours.rio.crs.to_epsg() == 32633
+    assert ours.time.values == np.datetime64(item_time(real_chip), "ns")
+
+
+def item_time(ds: xr.Dataset) -> pd.Timestamp:
+    return pd.Timestamp(ds.attrs["datetime"]).tz_convert(None)
+
+
+def test_twelve_band_chip_reads_back_the_same(tmp_path: Path) -> None:
+    bands = [b.name for b in sentinel2.BANDS]
+    ds = synthetic_chip(bands)
+    ours = assert_same_file_content(ds, tmp_path)
+    assert ours.attrs["bands"] == bands and len(ours.attrs["wavelengths"]) == 12
+    assert ours.attrs["x_dim"] == 2 and ours.attrs["chip_size"] == 32 and ours.attrs["gsd"] == 10.0
+    assert np.isnan(ours["swir22"].values[11]).all() and int(ours["scl"].values[0, 0]) == 0
+    assert ours.x.values[0] == 600000 + 2 * 320 + 5 and ours.y.values[0] == 4500000 - 320 - 5
+
+
+def test_one_element_list_reads_back_as_a_scalar_as_before(tmp_path: Path) -> None:
+    ours = assert_same_file_content(synthetic_chip(["red"]), tmp_path)
+    assert ours.attrs["bands"] == "red" and ours.attrs["wavelengths"] == pytest.approx(0.665)
+
+
+def test_file_is_valid_netcdf4_with_compression(real_chip: xr.Dataset) -> None:
+    blob = preprocess.netcdf_bytes(real_chip)
+    assert blob[:8] == b"\x89HDF\r\n\x1a\n"
+    # h5netcdf in strict mode (no phony dimensions): every variable's dimensions are netCDF dimensions
+    with h5netcdf.File(io.BytesIO(blob), "r", phony_dims=None) as f:
+        assert dict(f.dimensions).keys() == {"y", "x"} and f.dimensions["x"].size == 64
+        assert f.variables["blue"].dimensions == ("y", "x") and f.variables["time"].dimensions == ()
+    with h5py.File(io.BytesIO(blob), "r") as f:
+        assert f.attrs["_NCProperties"].startswith(b"version=2")
+        assert f["x"].attrs["CLASS"] == b"DIMENSION_SCALE" and int(f["y"].attrs["_Netcdf4Dimid"]) == 0
+        for name in ["blue", "scl"]:
+            assert f[name].compression == "gzip" and f[name].compression_opts == 1 and f[name].shuffle
+    for bad in (blob[:100], blob[: len(blob) // 2]):  # the test can fail: a broken file does not open
+        with pytest.raises(OSError, match="truncated file"):
+            read(bad)
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+def test_dimension_without_coordinate_is_a_clear_error() -> None:
+    ds = xr.Dataset({"a": (("y", "x"), np.zeros((2, 3), np.float32))}, coords={"x": [0.0, 1.0, 2.0]})
+    with pytest.raises(ValueError, match="dimension 'y' has no 1-D coordinate"):
+        netcdf.dataset_bytes(ds)
+
+
+def test_string_variable_is_a_clear_error() -> None:
+    ds = xr.Dataset({"name": (("x",), np.array(["a", "b"]))}, coords={"x": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="variable 'name' has dtype"):
+        netcdf.dataset_bytes(ds)
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, None, True, [[1, 2], [3, 4]], [b"x"]])
+def test_unsupported_attribute_is_a_clear_error(value: object) -> None:
+    ds = xr.Dataset({"a": (("x",), np.zeros(2, np.float32))}, coords={"x": [0.0, 1.0]}, attrs={"odd": value})
+    with pytest.raises(ValueError, match="global attribute 'odd'"):
+        netcdf.dataset_bytes(ds)
+
+
+def test_bad_compression_level_is_a_clear_error() -> None:
+    ds = xr.Dataset({"a": (("x",), np.zeros(2, np.float32))}, coords={"x": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="complevel must be 0-9"):
+        netcdf.dataset_bytes(ds, complevel=12)
