@@ -19,8 +19,13 @@ encodings (fill values, decoded times):
 - attributes are written as h5netcdf does: strings as variable-length UTF-8 scalars, lists of strings as
   variable-length string arrays, numbers as one-element arrays (so, as with h5netcdf, a one-element list
   reads back as a scalar);
-- n-D variables are chunked (h5py's chunk guess, as h5netcdf) and compressed with gzip + shuffle;
-  scalars and dimension coordinates are contiguous, uncompressed.
+- n-D variables (not the dimension coordinates) are stored as ONE chunk each, shuffled and deflated
+  here (numpy byte transpose + ISA-L's zlib-compatible deflate, several times faster than zlib at a
+  similar ratio) and written with ``write_direct_chunk``: the file declares the standard HDF5 shuffle +
+  deflate filters, so every HDF5/netCDF reader (h5py, netCDF-C, GDAL) decodes it with plain zlib. One
+  chunk per variable also compresses better than h5py's small chunk guess (what h5netcdf used) and
+  reads whole arrays (what steps 2+ do) in one go. Scalars and dimension coordinates are contiguous,
+  uncompressed.
 
 Only what the pipeline's chips need is supported: numeric and datetime64 variables whose dimensions all
 have a coordinate variable, in the root group. Anything else is a ``ValueError`` naming the variable.
@@ -35,10 +40,12 @@ from typing import Any
 import h5py
 import numpy as np
 import xarray as xr
+from isal import isal_zlib
 from xarray.coding.times import encode_cf_datetime
 
 NC_PROPERTIES = f"version=2,geofm-h5py,hdf5={h5py.version.hdf5_version},h5py={h5py.__version__}"
 _NUMERIC_KINDS = "fiub"
+ISAL_MAX_LEVEL = 3  # ISA-L's levels are 0-3; complevel 1 uses its level 1
 
 
 def dataset_bytes(ds: xr.Dataset, complevel: int = 1, shuffle: bool = True) -> bytes:
@@ -92,9 +99,13 @@ def _write_variable(f: h5py.File, ds: xr.Dataset, name: str, var: xr.Variable, d
     if fill is not None:
         fill = np.array(fill, values.dtype)
         kwargs["fillvalue"] = fill
-    if values.ndim and name not in dims and values.size:
-        kwargs.update(chunks=True, compression="gzip", compression_opts=complevel, shuffle=shuffle)
-    h5 = f.create_dataset(name, data=values, **kwargs)
+    compress = bool(values.ndim and name not in dims and values.size and complevel)
+    if compress:
+        kwargs.update(chunks=values.shape, compression="gzip", compression_opts=complevel, shuffle=shuffle)
+        h5 = f.create_dataset(name, shape=values.shape, dtype=values.dtype, **kwargs)
+        h5.id.write_direct_chunk((0,) * values.ndim, deflated_chunk(values, complevel, shuffle))
+    else:
+        h5 = f.create_dataset(name, data=values, **kwargs)
     if fill is not None:
         h5.attrs["_FillValue"] = fill.reshape(1)
     attrs.update(var.attrs)
@@ -107,6 +118,14 @@ def _write_variable(f: h5py.File, ds: xr.Dataset, name: str, var: xr.Variable, d
             attrs["coordinates"] = coords
     _write_attrs(h5.attrs, attrs, f"variable {name!r}")
     return h5
+
+
+def deflated_chunk(values: np.ndarray, complevel: int, shuffle: bool) -> bytes:
+    """``values`` as one HDF5 chunk through the shuffle (optional) and deflate filters, in that order."""
+    values = np.ascontiguousarray(values)
+    size = values.dtype.itemsize
+    raw = values.view(np.uint8).reshape(-1, size).T.tobytes() if shuffle and size > 1 else values.tobytes()
+    return isal_zlib.compress(raw, min(complevel, ISAL_MAX_LEVEL))
 
 
 def _default_coordinates(ds: xr.Dataset, name: str, var: xr.Variable) -> str:
