@@ -27,14 +27,14 @@ from geofm.scene import SceneReader, item_datetime
 from geofm.steps import preprocess
 
 SCENE = "S2B_33TWL_20230810_0_L2A"
-# all but the chunk shape: ours stores each variable as one chunk (h5netcdf: h5py's small chunk guess)
-ENCODING_KEYS = ("dtype", "zlib", "shuffle", "complevel", "contiguous", "_FillValue", "units", "calendar",
-                 "coordinates")
+# all but the chunk shape and deflate level: ours stores each variable as one chunk (h5netcdf: h5py's small
+# chunk guess), deflated by ISA-L at its level NETCDF_COMPLEVEL (xarray: zlib level 1)
+ENCODING_KEYS = ("dtype", "zlib", "shuffle", "contiguous", "_FillValue", "units", "calendar", "coordinates")
 
 
 def xarray_bytes(ds: xr.Dataset) -> bytes:
     """The previous step-1 writer: xarray + h5netcdf, zlib level 1 + shuffle on every data variable."""
-    encoding = {v: {"zlib": True, "complevel": preprocess.NETCDF_COMPLEVEL, "shuffle": True}
+    encoding = {v: {"zlib": True, "complevel": 1, "shuffle": True}
                 for v in ds.data_vars}
     return bytes(ds.to_netcdf(engine="h5netcdf", encoding=encoding))
 
@@ -98,6 +98,8 @@ def assert_same_file_content(ds: xr.Dataset, tmp_path: Path) -> xr.Dataset:
         assert ours[name].values.tobytes() == var.values.tobytes(), name
         assert ours[name].attrs == {"grid_mapping": "spatial_ref"}
         assert ours[name].encoding["chunksizes"] == var.shape  # one chunk per variable
+        assert ours[name].encoding["complevel"] == preprocess.NETCDF_COMPLEVEL
+    assert len(preprocess.netcdf_bytes(ds)) < len(xarray_bytes(ds))  # and the file is smaller
     assert ours.attrs.keys() == theirs.attrs.keys() == ds.attrs.keys()
     assert ours.time.values == ds.time.values and ours.time.dtype == np.dtype("datetime64[ns]")
     assert ours.rio.crs == theirs.rio.crs == ds.rio.crs
@@ -115,7 +117,6 @@ def assert_same_file_content(ds: xr.Dataset, tmp_path: Path) -> xr.Dataset:
 
 def test_real_chip_reads_back_the_same_as_xarrays_file(real_chip: xr.Dataset, tmp_path: Path) -> None:
     ours = assert_same_file_content(real_chip, tmp_path)
-    assert len(preprocess.netcdf_bytes(real_chip)) < len(xarray_bytes(real_chip))  # and smaller
     assert np.isnan(ours["red"].values[:5, :7]).all() and not np.isnan(ours["red"].values[5:, 7:]).any()
     assert ours["scl"].dtype == np.uint8 and "_FillValue" not in ours["scl"].encoding
     assert ours.attrs["bands"] == ["blue", "green", "red", "nir"]
@@ -154,10 +155,19 @@ def test_file_is_valid_netcdf4_with_compression(real_chip: xr.Dataset) -> None:
         assert f.attrs["_NCProperties"].startswith(b"version=2")
         assert f["x"].attrs["CLASS"] == b"DIMENSION_SCALE" and int(f["y"].attrs["_Netcdf4Dimid"]) == 0
         for name in ["blue", "scl"]:
-            assert f[name].compression == "gzip" and f[name].compression_opts == 1 and f[name].shuffle
+            assert f[name].compression == "gzip" and f[name].shuffle
+            assert f[name].compression_opts == preprocess.NETCDF_COMPLEVEL
     for bad in (blob[:100], blob[: len(blob) // 2]):  # the test can fail: a broken file does not open
         with pytest.raises(OSError, match="truncated file"):
             read(bad)
+
+
+def test_complevel_0_stores_uncompressed_with_the_same_values(real_chip: xr.Dataset) -> None:
+    blob = netcdf.dataset_bytes(real_chip, complevel=0)
+    with h5py.File(io.BytesIO(blob), "r") as f:
+        assert f["blue"].compression is None and not f["blue"].shuffle
+    xr.testing.assert_identical(read(blob), read(preprocess.netcdf_bytes(real_chip)))
+    assert len(blob) > len(preprocess.netcdf_bytes(real_chip))
 
 
 # ---- bad input ------------------------------------------------------------------------------------
@@ -182,5 +192,5 @@ def test_unsupported_attribute_is_a_clear_error(value: object) -> None:
 
 def test_bad_compression_level_is_a_clear_error() -> None:
     ds = xr.Dataset({"a": (("x",), np.zeros(2, np.float32))}, coords={"x": [0.0, 1.0]})
-    with pytest.raises(ValueError, match="complevel must be 0-9"):
-        netcdf.dataset_bytes(ds, complevel=12)
+    with pytest.raises(ValueError, match="complevel must be 0-3"):
+        netcdf.dataset_bytes(ds, complevel=4)

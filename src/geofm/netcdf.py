@@ -45,13 +45,16 @@ from xarray.coding.times import encode_cf_datetime
 
 NC_PROPERTIES = f"version=2,geofm-h5py,hdf5={h5py.version.hdf5_version},h5py={h5py.__version__}"
 _NUMERIC_KINDS = "fiub"
-ISAL_MAX_LEVEL = 3  # ISA-L's levels are 0-3; complevel 1 uses its level 1
+ISAL_MAX_LEVEL = 3  # ISA-L's deflate levels (its own scale, not zlib's): 1 fastest, 3 smallest
 
 
-def dataset_bytes(ds: xr.Dataset, complevel: int = 1, shuffle: bool = True) -> bytes:
-    """``ds`` as NetCDF-4 bytes readable by ``xr.open_dataset(..., engine="h5netcdf")`` (see module doc)."""
-    if not 0 <= complevel <= 9:
-        raise ValueError(f"NetCDF complevel must be 0-9, got {complevel}")
+def dataset_bytes(ds: xr.Dataset, complevel: int = 2, shuffle: bool = True) -> bytes:
+    """``ds`` as NetCDF-4 bytes readable by ``xr.open_dataset(..., engine="h5netcdf")`` (see module doc).
+
+    ``complevel``: ISA-L deflate level 1-3, recorded as the deflate filter's level (readers ignore it);
+    0 stores the variables uncompressed."""
+    if not 0 <= complevel <= ISAL_MAX_LEVEL:
+        raise ValueError(f"NetCDF complevel must be 0-{ISAL_MAX_LEVEL} (an ISA-L level), got {complevel}")
     dims = [str(d) for d in ds.dims]
     for d in dims:
         if d not in ds.variables or ds.variables[d].dims != (d,):
@@ -125,7 +128,7 @@ def deflated_chunk(values: np.ndarray, complevel: int, shuffle: bool) -> bytes:
     values = np.ascontiguousarray(values)
     size = values.dtype.itemsize
     raw = values.view(np.uint8).reshape(-1, size).T.tobytes() if shuffle and size > 1 else values.tobytes()
-    return isal_zlib.compress(raw, min(complevel, ISAL_MAX_LEVEL))
+    return isal_zlib.compress(raw, complevel)
 
 
 def _default_coordinates(ds: xr.Dataset, name: str, var: xr.Variable) -> str:
