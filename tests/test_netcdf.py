@@ -177,8 +177,9 @@ def test_dimension_without_coordinate_is_a_clear_error() -> None:
         netcdf.dataset_bytes(ds)
 
 
-def test_string_variable_is_a_clear_error() -> None:
-    ds = xr.Dataset({"name": (("x",), np.array(["a", "b"]))}, coords={"x": [0.0, 1.0]})
+@pytest.mark.parametrize("values", [np.array(["a", "b"]), np.array([True, False])])
+def test_string_or_bool_variable_is_a_clear_error(values: np.ndarray) -> None:
+    ds = xr.Dataset({"name": (("x",), values)}, coords={"x": [0.0, 1.0]})
     with pytest.raises(ValueError, match="variable 'name' has dtype"):
         netcdf.dataset_bytes(ds)
 

@@ -44,7 +44,7 @@ from isal import isal_zlib
 from xarray.coding.times import encode_cf_datetime
 
 NC_PROPERTIES = f"version=2,geofm-h5py,hdf5={h5py.version.hdf5_version},h5py={h5py.__version__}"
-_NUMERIC_KINDS = "fiub"
+_NUMERIC_KINDS = "fiu"  # bool would need xarray's int8 + dtype attribute encoding: refused
 ISAL_MAX_LEVEL = 3  # ISA-L's deflate levels (its own scale, not zlib's): 1 fastest, 3 smallest
 
 
