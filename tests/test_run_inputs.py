@@ -122,6 +122,20 @@ def test_unknown_model(good_aoi: str, tmp_path: Path) -> None:
     assert_refused(invoke(*args), out, "unknown model 'no-such-model'", "spectral")
 
 
+def test_clay_without_weights_is_refused_before_any_work(good_aoi: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEOFM_MODEL_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)  # as on a machine with no network
+    out = tmp_path / "out"
+    args = run_args(out, good_aoi)
+    args[args.index("--model") + 1] = "clay-v1"
+    assert_refused(invoke(*args), out, "no weights for clay-v1", "geofm models import clay-v1")
+    missing = tmp_path / "nowhere.ckpt"
+    assert_refused(invoke(*args, "--set", f"checkpoint={missing}"), out, "checkpoint for clay-v1 not found")
+
+
 def test_chip_size_not_a_multiple_of_the_patch_size(good_aoi: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = invoke(*run_args(out, good_aoi, "--set", "chip_size=60"))

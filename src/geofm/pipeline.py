@@ -85,7 +85,7 @@ class RunRecord:
 def check_inputs(cfg: PipelineConfig, steps: list[str]) -> None:
     """Check what can be checked before any work; raise ValueError/FileNotFoundError naming the input."""
     from geofm.aoi import load_aoi
-    from geofm.models.registry import get_model_spec
+    from geofm.models.registry import check_weights, get_model_spec
 
     if "discover" in steps:
         if not cfg.aoi:
@@ -99,6 +99,7 @@ def check_inputs(cfg: PipelineConfig, steps: list[str]) -> None:
         if cfg.chip_size % spec.patch_size:
             raise ValueError(f"chip_size {cfg.chip_size} is not a multiple of {cfg.model}'s patch size "
                              f"{spec.patch_size}")
+        check_weights(cfg.model, cfg.checkpoint)  # no weights: say so before hours of chipping
     if "preprocess" in steps and "discover" not in steps:
         if not storage.list_files(cfg.layout.scenes_dir, "_metadata.json"):
             raise ValueError(f"no scenes in {cfg.layout.scenes_dir}: run discover first (or `geofm synth`)")

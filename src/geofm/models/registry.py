@@ -146,6 +146,12 @@ def random_seed(checkpoint: str | int | None) -> int | None:
     return int(m.group(1) or 0) if m else None
 
 
+def _refuse_random_only(spec: ModelSpec) -> None:
+    if spec.random_only and not checkpoints.cached_weights_path(spec.name).is_file():
+        raise ValueError(f"{spec.name} has no official weights: pass checkpoint='random' (or a seed) "
+                         "or a file")
+
+
 def load_clay_encoder(spec: ModelSpec, checkpoint: str | int | None = None) -> tuple[ClayEncoder, str]:
     """A Clay encoder with its weights (fp32, cpu, eval) and a description of where they came from."""
     seed = random_seed(checkpoint)
@@ -156,11 +162,7 @@ def load_clay_encoder(spec: ModelSpec, checkpoint: str | int | None = None) -> t
         warnings.warn(f"{spec.name}: {note}", stacklevel=2)
         return model.eval(), note
     if checkpoint is None:
-        cached = checkpoints.cached_weights_path(spec.name)
-        if spec.random_only and not cached.is_file():
-            raise ValueError(
-                f"{spec.name} has no official weights: pass checkpoint='random' (or a seed) or a file"
-            )
+        _refuse_random_only(spec)
         path = checkpoints.ensure_cached(spec)
     else:
         path = Path(str(checkpoint))
@@ -168,6 +170,21 @@ def load_clay_encoder(spec: ModelSpec, checkpoint: str | int | None = None) -> t
     model = build_clay(spec, "meta")
     checkpoints.load_into(model, state, spec.name, str(path))
     return model.eval(), str(path)
+
+
+def check_weights(name: str, checkpoint: str | int | None = None) -> None:
+    """Fail now, with the message loading would give, when ``name`` cannot get weights: a missing
+    checkpoint file, a random-only model without ``random``, or Clay weights neither cached nor
+    downloadable (a download, when online, is what loading would do anyway, and is kept)."""
+    spec = get_model_spec(name)
+    if spec.kind != "clay" or random_seed(checkpoint) is not None:
+        return
+    if checkpoint is not None:
+        if not Path(str(checkpoint)).is_file():
+            raise FileNotFoundError(f"checkpoint for {name} not found: {checkpoint}")
+        return
+    _refuse_random_only(spec)
+    checkpoints.ensure_cached(spec)
 
 
 def time_latlon(datetimes: Sequence[datetime], lats: Sequence[float], lons: Sequence[float]) -> np.ndarray:
