@@ -195,3 +195,25 @@ def test_bad_compression_level_is_a_clear_error() -> None:
     ds = xr.Dataset({"a": (("x",), np.zeros(2, np.float32))}, coords={"x": [0.0, 1.0]})
     with pytest.raises(ValueError, match="complevel must be 0-3"):
         netcdf.dataset_bytes(ds, complevel=4)
+
+
+# ---- the fast band reader (step 2) ------------------------------------------------------------------
+def test_read_bands_equals_xarray_and_names_missing_bands(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    red = (rng.random((16, 16)) * 3000).astype(np.float32)
+    red[2, 3] = np.nan
+    nir = (rng.random((16, 16)) * 4000).astype(np.float32)
+    coords = {"x": np.arange(16) * 10.0 + 5, "y": 5000.0 - np.arange(16) * 10.0}
+    ds = xr.Dataset({"red": (("y", "x"), red), "nir": (("y", "x"), nir)}, coords=coords)
+    ours = netcdf.read_bands(netcdf.dataset_bytes(ds), ["nir", "red"], "chip.nc")
+    assert ours.dtype == np.float32 and ours.shape == (2, 16, 16)
+    np.testing.assert_array_equal(ours, np.stack([nir, red]))  # NaN where NaN (assert_array_equal: equal_nan)
+    # a packed variable (scale/offset, integer fill) written by xarray decodes like xarray does it
+    path = tmp_path / "packed.nc"
+    ds.to_netcdf(path, engine="h5netcdf", encoding={
+        "red": {"dtype": "int16", "scale_factor": 0.5, "add_offset": 0.0, "_FillValue": -1}})
+    packed = netcdf.read_bands(path.read_bytes(), ["red"], str(path))
+    with xr.open_dataset(path, engine="h5netcdf") as back:
+        np.testing.assert_array_equal(packed[0], back["red"].values.astype(np.float32))
+    with pytest.raises(ValueError, match=r"chip.nc: chip lacks bands \['swir16'\]"):
+        netcdf.read_bands(netcdf.dataset_bytes(ds), ["red", "swir16"], "chip.nc")

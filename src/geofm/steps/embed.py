@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
-from geofm import geoparquet, storage
+from geofm import geoparquet, netcdf, storage
 from geofm.config import PipelineConfig
 from geofm.executors import map_units
 from geofm.models import spectral
@@ -31,7 +30,6 @@ from geofm.sentinel2 import band_tag
 
 STEP = "embed"
 META_SUFFIX = "_chip_meta.parquet"
-NETCDF_ENGINE = "h5netcdf"
 STATUS_OK, STATUS_MISSING, STATUS_CLOUD, STATUS_FAILED = "ok", "skipped-missing", "skipped-cloud", "failed"
 log = logging.getLogger(__name__)
 
@@ -92,11 +90,7 @@ write_meta = geoparquet.write  # atomic: one PUT or rename
 
 def read_chip(url: str, bands: list[str]) -> np.ndarray:
     """The chip's bands as float32 [C, H, W] (NaN = nodata); a missing band raises naming file and band."""
-    with xr.open_dataset(io.BytesIO(storage.read_bytes(url)), engine=NETCDF_ENGINE) as ds:
-        missing = [b for b in bands if b not in ds.data_vars]
-        if missing:
-            raise ValueError(f"{url}: chip lacks bands {missing} (has {sorted(map(str, ds.data_vars))})")
-        return np.stack([ds[b].values.astype(np.float32) for b in bands])
+    return netcdf.read_bands(storage.read_bytes(url), bands, url)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
