@@ -143,3 +143,38 @@ def test_unreachable_ray_address_fails_fast_naming_it() -> None:
     with pytest.raises(ConnectionError, match="ray://127.0.0.1"):
         ray_executor.check_reachable(f"ray://127.0.0.1:{port}", timeout_s=2)
     ray_executor.check_reachable("auto")  # left to Ray
+
+
+def _note_device(cfg: PipelineConfig) -> None:
+    Path(cfg.output_root).mkdir(parents=True, exist_ok=True)
+    Path(cfg.output_root, f"device-{os.getpid()}").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
+
+
+def _unit_device(cfg: PipelineConfig, unit: str) -> dict[str, str | int]:
+    return {"pid": os.getpid(), "device": os.environ.get("CUDA_VISIBLE_DEVICES", "-")}
+
+
+def test_one_model_worker_per_gpu_each_pinned_to_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two GPUs (the count is faked: this machine has none; the worker processes are real): two model
+    workers, each sees only its own device when its model loads and when it runs units."""
+    from geofm import executors
+
+    monkeypatch.setattr(executors, "local_model_devices", lambda cfg: ["0", "1"])
+    cfg = _cfg(tmp_path)
+    report = map_units(_unit_device, cfg, [str(i) for i in range(6)], STEP, quiet=True, model_actor=True,
+                       actor_setup=_note_device)
+    assert report.ok
+    seen = {p.name.removeprefix("device-"): p.read_text() for p in (tmp_path / "out").glob("device-*")}
+    assert sorted(seen.values()) == ["0", "1"]  # two workers, one GPU each
+    for r in report.results:
+        assert r.info["device"] == seen[str(r.info["pid"])]  # units run on their worker's GPU
+
+
+def test_no_gpus_means_one_inline_model_worker(tmp_path: Path) -> None:
+    from geofm.executors import local_model_devices
+
+    cfg = _cfg(tmp_path)
+    assert local_model_devices(cfg) == []  # this machine has no GPU
+    assert local_model_devices(cfg.model_copy(update={"device": "cpu"})) == []
+    report = map_units(_unit_device, cfg, ["a", "b"], STEP, quiet=True, model_actor=True)
+    assert {r.info["pid"] for r in report.results} == {os.getpid()}

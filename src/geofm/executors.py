@@ -7,6 +7,7 @@ A unit function has the signature ``fn(cfg, unit) -> dict | None``; it raises on
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import traceback
@@ -24,6 +25,26 @@ UnitFn = Callable[[PipelineConfig, str], "dict[str, Any] | None"]
 
 def default_workers(cfg: PipelineConfig) -> int:
     return cfg.workers or max(1, os.cpu_count() or 1)
+
+
+def local_model_devices(cfg: PipelineConfig) -> list[str]:
+    """CUDA device ids for local model workers: every visible GPU when ``device`` is ``auto`` or
+    ``cuda`` and there are several, else [] (one worker, on the configured device)."""
+    if cfg.device not in ("auto", "cuda"):
+        return []
+    import torch
+
+    n = torch.cuda.device_count()  # does not initialise CUDA, so forking workers stays safe
+    return [str(i) for i in range(n)] if n > 1 else []
+
+
+def _pin_device_then_setup(
+    free: Any, actor_setup: Callable[[PipelineConfig], Any] | None, cfg: PipelineConfig
+) -> None:
+    """Pool-worker initializer: take one GPU id, make it the only visible one, then set the model up."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = free.get(timeout=60)
+    if actor_setup is not None:
+        actor_setup(cfg)
 
 
 def run_unit(fn: UnitFn, cfg: PipelineConfig, unit: str, retries: int) -> UnitResult:
@@ -82,8 +103,10 @@ def map_units(
     from geofm.markers import resumable
 
     fn = resumable(fn, cfg, step)
+    devices: list[str] = []
     if model_actor and workers is None and cfg.executor == "local":
-        workers = cfg.workers or 1
+        devices = local_model_devices(cfg)
+        workers = cfg.workers or max(1, len(devices))
     n_workers = min(workers or default_workers(cfg), max(1, len(units)))
     report = StepReport(step)
     start = time.perf_counter()
@@ -112,7 +135,12 @@ def map_units(
                 record(run_unit(fn, cfg, u, cfg.retries))
         else:
             init_args: dict[str, Any] = {}
-            if actor_setup is not None:
+            if devices:  # one model worker per GPU: each pins its own before CUDA starts in it
+                free = multiprocessing.get_context().Queue()
+                for d in devices[:n_workers]:
+                    free.put(d)
+                init_args = {"initializer": _pin_device_then_setup, "initargs": (free, actor_setup, cfg)}
+            elif actor_setup is not None:
                 init_args = {"initializer": actor_setup, "initargs": (cfg,)}
             with ProcessPoolExecutor(max_workers=n_workers, **init_args) as pool:
                 pending: dict[Future[UnitResult], str] = {

@@ -22,7 +22,7 @@ import pandas as pd
 
 from geofm import geoparquet, netcdf, storage
 from geofm.config import PipelineConfig
-from geofm.executors import map_units
+from geofm.executors import local_model_devices, map_units
 from geofm.models import spectral
 from geofm.models.registry import Embedder, ModelSpec, get_model_spec, load_embedder
 from geofm.report import StepReport
@@ -247,7 +247,8 @@ def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
     scenes = units(cfg)
     if not scenes:
         log.warning("no chip meta under %s; run `geofm preprocess` first", cfg.layout.meta_dir)
-    # locally: one in-process model worker (a pool would load the model N times); Ray: one actor per GPU
-    workers = 1 if cfg.executor == "local" else cfg.workers
+    # locally: one model worker per GPU, or one in-process worker on CPU (a pool would load the model N
+    # times over the same cores); on Ray: one actor per GPU (see executors.map_units)
+    workers = 1 if cfg.executor == "local" and not local_model_devices(cfg) else cfg.workers
     return map_units(process_unit, cfg, scenes, STEP, workers=workers, quiet=quiet,
                      model_actor=True, actor_setup=load_model)
