@@ -90,3 +90,11 @@ def test_aoi_errors():
         parse_aoi(wide)
     with pytest.raises(AoiError, match="not GeoJSON"):
         parse_aoi(json.loads("[1, 2]"))
+
+
+def test_list_folders(tmp_path):
+    for name in ("33TWL", "20LPP", ".hidden"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    assert storage.list_folders(str(tmp_path)) == ["20LPP", "33TWL"]
+    assert storage.list_folders(str(tmp_path / "missing")) == []

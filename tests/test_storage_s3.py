@@ -86,6 +86,7 @@ def test_list_files(s3_bucket: str) -> None:
     assert storage.list_files(root + "/") == [
         f"{root}/a_chip_meta.parquet", f"{root}/b_chip_meta.parquet", f"{root}/notes.txt"]
     assert storage.list_files(f"s3://{s3_bucket}/missing") == []
+    assert storage.list_folders(root) == ["sub"] and storage.list_folders(f"s3://{s3_bucket}/missing") == []
 
 
 def test_remove(s3_bucket: str, s3_env: dict[str, str]) -> None:

@@ -172,6 +172,21 @@ def list_files(url: str, suffix: str = "") -> list[str]:
     return sorted(out)
 
 
+def list_folders(url: str) -> list[str]:
+    """Names of the folders directly under ``url`` (local or s3), sorted, hidden ones left out; []
+    when it is missing."""
+    if not is_remote(url):
+        folder = Path(_local(url))
+        if not folder.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    try:
+        entries = filesystem(url).ls(url, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+
 def remove(url: str, recursive: bool = False) -> None:
     """Delete a file (or a folder with ``recursive``); missing targets are fine."""
     if not is_remote(url):

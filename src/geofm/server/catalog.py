@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
 import threading
 from datetime import date
@@ -15,7 +14,7 @@ from typing import Any
 import geopandas as gpd
 import pandas as pd
 
-from geofm import storage
+from geofm import geoparquet, storage
 from geofm.layout import Layout
 from geofm.sentinel2 import parse_scene_id
 
@@ -28,31 +27,6 @@ META_COLUMNS = ["chip_id", "x_dim", "y_dim", "date", "origin_tile", "chip_size",
 
 class NotFound(LookupError):
     """An AOI, grid, chip, date or file the output does not have; the message names it."""
-
-
-def _subfolders(url: str) -> list[str]:
-    """Names of the folders directly under ``url`` (local or s3), sorted; [] when it is missing."""
-    if not storage.is_remote(url):
-        path = url.removeprefix("file://")
-        if not os.path.isdir(path):
-            return []
-        return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
-    fs = storage.filesystem(url)
-    try:
-        entries = fs.ls(url, detail=True, refresh=True)
-    except FileNotFoundError:
-        return []
-    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-
-
-def _read_geoparquet(url: str, columns: list[str] | None = None) -> pd.DataFrame:
-    with storage.local_file_for_read(url, suffix=".parquet") as path:
-        if columns is None:
-            return gpd.read_parquet(path)
-        import pyarrow.parquet as pq
-
-        present = set(pq.read_schema(path).names)
-        return pd.read_parquet(path, columns=[c for c in columns if c in present])
 
 
 def iso_date(value: Any) -> str:
@@ -104,11 +78,12 @@ class Catalog:
 
     def aoi_names(self) -> list[str]:
         """AOIs with at least one consolidated grid."""
-        return [a for a in _subfolders(Layout.outputs_dir(self.root)) if self._grids(a)]
+        return [a for a in storage.list_folders(Layout.outputs_dir(self.root)) if self._grids(a)]
 
     def _grids(self, aoi: str) -> list[str]:
         lay = self.layout(aoi)
-        return [g for g in _subfolders(lay.consolidated_root) if storage.exists(lay.consolidated_output(g))]
+        grids = storage.list_folders(lay.consolidated_root)
+        return [g for g in grids if storage.exists(lay.consolidated_output(g))]
 
     def grids(self, aoi: str) -> list[str]:
         """The consolidated MGRS grids of an AOI; an unknown AOI raises :class:`NotFound`."""
@@ -150,7 +125,7 @@ class Catalog:
         lay = self.check(aoi, grid)
 
         def load() -> gpd.GeoDataFrame:
-            df = _read_geoparquet(lay.consolidated_output(grid))
+            df = geoparquet.read(lay.consolidated_output(grid))
             df["day"] = pd.to_datetime(df["date"]).dt.strftime("%Y-%m-%d")
             return df.sort_values(["chip_id", "day"]).reset_index(drop=True)
 
@@ -169,7 +144,7 @@ class Catalog:
                         continue
                 except ValueError:
                     continue
-                frames.append(_read_geoparquet(url, META_COLUMNS))
+                frames.append(geoparquet.read(url, META_COLUMNS))
             if not frames:  # no meta: what the consolidated output holds
                 frames = [self.table(aoi, grid)[[c for c in META_COLUMNS if c in self.table(aoi, grid)]]]
             df = pd.concat(frames, ignore_index=True)

@@ -34,22 +34,11 @@ log = logging.getLogger(__name__)
 
 
 # ---- listing and reading -------------------------------------------------------------------------
-def subfolders(url: str) -> list[str]:
-    """Names of the folders directly under ``url`` (local or s3), sorted; [] when it is missing."""
-    fs = storage.filesystem(url)
-    try:
-        entries = fs.ls(url, detail=True, refresh=True) if storage.is_remote(url) else \
-            fs.ls(url.removeprefix("file://"), detail=True)
-    except FileNotFoundError:
-        return []
-    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-
-
 def units(cfg: PipelineConfig) -> list[str]:
     """``"<grid>/<chip_id>"`` for every chip id file written by step 2, sorted."""
     lay = cfg.layout
     out = []
-    for grid in subfolders(lay.unique_chip_ids_root):
+    for grid in storage.list_folders(lay.unique_chip_ids_root):
         for url in storage.list_files(lay.unique_chip_ids_dir(grid), ".txt"):
             out.append(f"{grid}/{url.rsplit('/', 1)[-1].removesuffix('.txt')}")
     return sorted(out)

@@ -35,7 +35,7 @@ from geofm.executors import map_units
 from geofm.layout import Layout
 from geofm.report import StepReport, UnitResult
 from geofm.sentinel2 import TILE_EXTENT_M
-from geofm.steps.analyze import INPUTS_KEY, load_embedding, subfolders
+from geofm.steps.analyze import INPUTS_KEY, load_embedding
 
 STEP = "consolidate"
 PROCESSED_SUFFIX = "_processed_embeddings.parquet"
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 def units(cfg: PipelineConfig) -> list[str]:
     """MGRS grids with processed embeddings (step 3 output)."""
     root = cfg.layout.processed_embeddings_root
-    return [g for g in subfolders(root)
+    return [g for g in storage.list_folders(root)
             if storage.list_files(cfg.layout.processed_embeddings_dir(g), PROCESSED_SUFFIX)]
 
 
