@@ -93,7 +93,7 @@ def run_demo(out: str, model: str = "auto", quiet: bool = False, console: Consol
                       str(row["change_intensity"]), truth.get(str(row["chip_id"]), "-"))
     console.print(table)
 
-    scenes = len(storage.list_files(cfg.layout.scenes_dir, "_metadata.json"))
+    scenes = len(cfg.layout.scene_ids())
     console.print(f"{scenes} scenes, {len(chips)} chips analysed, {len(DEMO_DATES)} dates; planted changes "
                   f"in {len(truth)} chips")
     steady = chips.sort_values("min_sim").iloc[-1]

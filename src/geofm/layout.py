@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from geofm import storage
 from geofm.sentinel2 import PROCESSING_LEVEL, parse_scene_id
 
 
@@ -40,13 +41,21 @@ class Layout:
     def scenes_dir(self) -> str:
         return join(self.input_dir, "sentinel2_scenes")
 
-    def scene_metadata(self, scene_id: str) -> str:
-        return join(self.scenes_dir, f"{scene_id}_metadata.json")
+    SCENE_METADATA_SUFFIX = "_metadata.json"
+    META_SUFFIX = "_chip_meta.parquet"
+    PROCESSED_SUFFIX = "_processed_embeddings.parquet"
 
-    @staticmethod
-    def scene_id_from_metadata(url: str) -> str:
-        name = url.rstrip("/").rsplit("/", 1)[-1]
-        return name.removesuffix("_metadata.json")
+    def scene_metadata(self, scene_id: str) -> str:
+        return join(self.scenes_dir, f"{scene_id}{self.SCENE_METADATA_SUFFIX}")
+
+    @classmethod
+    def scene_id_from_metadata(cls, url: str) -> str:
+        return url.rstrip("/").rsplit("/", 1)[-1].removesuffix(cls.SCENE_METADATA_SUFFIX)
+
+    def scene_ids(self) -> list[str]:
+        """Scene ids whose STAC item is in the input layout, sorted."""
+        return [self.scene_id_from_metadata(u) for u in storage.list_files(self.scenes_dir,
+                                                                           self.SCENE_METADATA_SUFFIX)]
 
     @property
     def aoi_geojson(self) -> str:
@@ -67,7 +76,15 @@ class Layout:
         return join(self.output_dir, "meta")
 
     def meta(self, scene_id: str) -> str:
-        return join(self.meta_dir, f"{scene_id}_chip_meta.parquet")
+        return join(self.meta_dir, f"{scene_id}{self.META_SUFFIX}")
+
+    def meta_files(self) -> list[str]:
+        """Every scene's chip-meta file (written by step 1), sorted."""
+        return storage.list_files(self.meta_dir, self.META_SUFFIX)
+
+    def meta_scene_ids(self) -> list[str]:
+        """Scene ids that have a chip-meta file, sorted."""
+        return [u.rsplit("/", 1)[-1].removesuffix(self.META_SUFFIX) for u in self.meta_files()]
 
     def _dated_dir(self, artifact: str, scene_id: str) -> str:
         s = parse_scene_id(scene_id)
@@ -109,7 +126,11 @@ class Layout:
         return join(self.processed_embeddings_root, grid)
 
     def processed_embeddings(self, grid: str, x_dim: int, y_dim: int) -> str:
-        return join(self.processed_embeddings_dir(grid), f"{x_dim}_{y_dim}_processed_embeddings.parquet")
+        return join(self.processed_embeddings_dir(grid), f"{x_dim}_{y_dim}{self.PROCESSED_SUFFIX}")
+
+    def processed_files(self, grid: str) -> list[str]:
+        """Every processed-embeddings file of a grid (written by step 3), sorted."""
+        return storage.list_files(self.processed_embeddings_dir(grid), self.PROCESSED_SUFFIX)
 
     def reducer_model(self, name: str = "pca") -> str:
         """The globally fitted reducer (PCA) that every chip is projected with."""

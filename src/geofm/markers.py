@@ -54,8 +54,7 @@ def fingerprint(cfg: PipelineConfig, step: str) -> dict[str, Any]:
     if "aoi" in params:
         params["aoi"] = _aoi_digest(cfg)
     if step in SCENE_SET_STEPS:
-        params["scenes"] = [cfg.layout.scene_id_from_metadata(u)
-                            for u in storage.list_files(cfg.layout.scenes_dir, "_metadata.json")]
+        params["scenes"] = cfg.layout.scene_ids()
     return json.loads(json.dumps(params, default=str, sort_keys=True))
 
 

@@ -101,7 +101,7 @@ def check_inputs(cfg: PipelineConfig, steps: list[str]) -> None:
                              f"{spec.patch_size}")
         check_weights(cfg.model, cfg.checkpoint)  # no weights: say so before hours of chipping
     if "preprocess" in steps and "discover" not in steps:
-        if not storage.list_files(cfg.layout.scenes_dir, "_metadata.json"):
+        if not cfg.layout.scene_ids():
             raise ValueError(f"no scenes in {cfg.layout.scenes_dir}: run discover first (or `geofm synth`)")
     storage.ensure_writable(cfg.layout.output_dir)
     if cfg.executor == "ray":
@@ -113,8 +113,7 @@ def check_inputs(cfg: PipelineConfig, steps: list[str]) -> None:
 def plan(cfg: PipelineConfig, steps: list[str]) -> dict[str, Any]:
     """What a run would do: scenes and units of work per step, from what is on disk now."""
     out: dict[str, Any] = {"output": cfg.layout.output_dir, "steps": {}}
-    scenes = [cfg.layout.scene_id_from_metadata(u)
-              for u in storage.list_files(cfg.layout.scenes_dir, "_metadata.json")]
+    scenes = cfg.layout.scene_ids()
     out["scenes"] = scenes
     if "preprocess" in steps:
         from geofm.steps.preprocess import planned_chips

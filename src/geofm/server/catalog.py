@@ -137,14 +137,13 @@ class Catalog:
 
         def load() -> pd.DataFrame:
             frames = []
-            for url in storage.list_files(lay.meta_dir, "_chip_meta.parquet"):
-                scene_id = url.rsplit("/", 1)[-1].removesuffix("_chip_meta.parquet")
+            for scene_id in lay.meta_scene_ids():
                 try:
                     if parse_scene_id(scene_id).grid != grid:
                         continue
                 except ValueError:
                     continue
-                frames.append(geoparquet.read(url, META_COLUMNS))
+                frames.append(geoparquet.read(lay.meta(scene_id), META_COLUMNS))
             if not frames:  # no meta: what the consolidated output holds
                 frames = [self.table(aoi, grid)[[c for c in META_COLUMNS if c in self.table(aoi, grid)]]]
             df = pd.concat(frames, ignore_index=True)
@@ -246,9 +245,9 @@ class Catalog:
 
         def load() -> list[Any]:
             out = []
-            for url in storage.list_files(lay.scenes_dir, "_metadata.json"):
+            for scene_id in lay.scene_ids():
                 try:
-                    s = parse_scene_id(Layout.scene_id_from_metadata(url))
+                    s = parse_scene_id(scene_id)
                 except ValueError:
                     continue
                 if s.grid == grid:

@@ -56,7 +56,7 @@ def parse_unit(unit: str) -> tuple[str, int, int]:
 
 def read_all_meta(cfg: PipelineConfig) -> gpd.GeoDataFrame:
     """Every scene's chip meta (after step 2) in one frame."""
-    urls = storage.list_files(cfg.layout.meta_dir, "_chip_meta.parquet")
+    urls = cfg.layout.meta_files()
     if not urls:
         raise FileNotFoundError(f"no chip meta in {cfg.layout.meta_dir}: run preprocess and embed first")
     frames = [geoparquet.read(u) for u in urls]

@@ -38,7 +38,6 @@ from geofm.sentinel2 import TILE_EXTENT_M
 from geofm.steps.analyze import INPUTS_KEY, load_embedding
 
 STEP = "consolidate"
-PROCESSED_SUFFIX = "_processed_embeddings.parquet"
 GRID_COLUMNS = ["chip_id", "x_dim", "y_dim", "mgrs_grid", "aoi_name"]
 LANCE_COLUMNS = ["chip_id", "x_dim", "y_dim", "date", "scene_id", "mgrs_grid", "aoi_name", "model",
                  "geometry_wkt", "minx", "miny", "maxx", "maxy", "cloud_cover_perc", "missing_data_perc",
@@ -50,12 +49,12 @@ def units(cfg: PipelineConfig) -> list[str]:
     """MGRS grids with processed embeddings (step 3 output)."""
     root = cfg.layout.processed_embeddings_root
     return [g for g in storage.list_folders(root)
-            if storage.list_files(cfg.layout.processed_embeddings_dir(g), PROCESSED_SUFFIX)]
+            if cfg.layout.processed_files(g)]
 
 
 def read_processed(cfg: PipelineConfig, grid: str) -> tuple[gpd.GeoDataFrame, str]:
     """All processed rows of a grid (sorted by chip and date) and a digest of what they were made from."""
-    urls = storage.list_files(cfg.layout.processed_embeddings_dir(grid), PROCESSED_SUFFIX)
+    urls = cfg.layout.processed_files(grid)
     if not urls:
         raise FileNotFoundError(f"no processed embeddings for grid {grid}: run analyze first")
     frames, ids = [], []

@@ -29,7 +29,6 @@ from geofm.report import StepReport
 from geofm.sentinel2 import band_tag
 
 STEP = "embed"
-META_SUFFIX = "_chip_meta.parquet"
 STATUS_OK, STATUS_MISSING, STATUS_CLOUD, STATUS_FAILED = "ok", "skipped-missing", "skipped-cloud", "failed"
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,7 @@ def model_bands(cfg: PipelineConfig, spec: ModelSpec) -> list[str]:
 # ---- units and reading ------------------------------------------------------------------------------
 def units(cfg: PipelineConfig) -> list[str]:
     """Scene ids that have a chip meta file (written by step 1), sorted."""
-    return sorted(u.rsplit("/", 1)[-1].removesuffix(META_SUFFIX)
-                  for u in storage.list_files(cfg.layout.meta_dir, META_SUFFIX))
+    return cfg.layout.meta_scene_ids()
 
 
 read_meta = geoparquet.read

@@ -43,8 +43,7 @@ META_COLUMNS = [
 
 def units(cfg: PipelineConfig) -> list[str]:
     """Scene ids of the items in the input layout (``<scene_id>_metadata.json``), sorted."""
-    layout = cfg.layout
-    return [layout.scene_id_from_metadata(u) for u in storage.list_files(layout.scenes_dir, "_metadata.json")]
+    return cfg.layout.scene_ids()
 
 
 def aoi_url(cfg: PipelineConfig) -> str:
