@@ -18,7 +18,7 @@ from typing import Any
 
 from geofm import storage
 from geofm.config import PipelineConfig
-from geofm.report import StepReport
+from geofm.report import StepReport, UnitResult
 
 STEPS: tuple[str, ...] = ("discover", "preprocess", "embed", "analyze", "consolidate")
 PROCESSING_STEPS: tuple[str, ...] = STEPS[1:]
@@ -145,8 +145,6 @@ def run_step(cfg: PipelineConfig, step: str, quiet: bool = False) -> StepReport:
 
         start = time.perf_counter()
         report = StepReport("discover")
-        from geofm.report import UnitResult
-
         try:
             items = discover(cfg)
             report.results.append(UnitResult("search", "done", info={"scenes": len(items)}))
