@@ -62,6 +62,17 @@ def write_image(path: Path, size: int = 64, origin: tuple[float, float] = ORIGIN
     return path
 
 
+def write_labels(path: Path, labels: np.ndarray, transform: Affine | None = None, crs: str | CRS = UTM,
+                 nodata: int | None = None) -> Path:
+    """A uint8 label GeoTIFF; by default on the 10 m UTM grid at ``ORIGIN``."""
+    transform = transform or Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
+    h, w = labels.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs=crs,
+                       transform=transform, nodata=nodata) as dst:
+        dst.write(labels.astype(np.uint8), 1)
+    return path
+
+
 def pattern(size: int) -> np.ndarray:
     """A label pattern that any one-pixel shift would break (neighbours always differ)."""
     r, c = np.mgrid[0:size, 0:size]
@@ -85,10 +96,7 @@ def test_raster_labels_in_another_crs_line_up_pixel_for_pixel(tmp_path: Path) ->
     warped = np.zeros((h, w), np.uint8)
     reproject(truth, warped, src_transform=src_transform, src_crs=UTM, dst_transform=t, dst_crs=dst_crs,
               resampling=Resampling.nearest, dst_nodata=0)
-    labels = tmp_path / "labels_wgs84.tif"
-    with rasterio.open(labels, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs=dst_crs,
-                       transform=t, nodata=0) as dst:
-        dst.write(warped, 1)
+    labels = write_labels(tmp_path / "labels_wgs84.tif", warped, t, crs=dst_crs, nodata=0)
 
     cfg = cfg_for(tmp_path, [str(image)], str(labels))
     chips = tile_chips(raster_info(str(image)), 32)
@@ -102,10 +110,7 @@ def test_raster_labels_in_another_crs_line_up_pixel_for_pixel(tmp_path: Path) ->
 
 def test_labels_outside_the_label_raster_are_ignored(tmp_path: Path) -> None:
     image = write_image(tmp_path / "scene.tif")
-    labels = tmp_path / "half.tif"
-    with rasterio.open(labels, "w", driver="GTiff", width=32, height=64, count=1, dtype="uint8", crs=UTM,
-                       transform=Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])) as dst:
-        dst.write(np.full((64, 32), 2, np.uint8), 1)
+    labels = write_labels(tmp_path / "half.tif", np.full((64, 32), 2, np.uint8))
     cfg = cfg_for(tmp_path, [str(image)], str(labels))
     chip = next(c for c in tile_chips(raster_info(str(image)), 32) if c.col_off == 32)
     assert (LabelSource(str(labels), cfg).for_chip(chip) == cfg.ignore_id).all()
@@ -218,10 +223,7 @@ def test_read_window_and_prepare_data(tmp_path: Path) -> None:
     with rasterio.open(image) as src:
         want = src.read(3, window=chip.window)
     np.testing.assert_array_equal(read_window(info, chip.window, [2])[0], want)
-    labels = tmp_path / "labels.tif"
-    with rasterio.open(labels, "w", driver="GTiff", width=96, height=96, count=1, dtype="uint8", crs=UTM,
-                       transform=info.transform) as dst:
-        dst.write(pattern(96), 1)
+    labels = write_labels(tmp_path / "labels.tif", pattern(96), info.transform)
     cfg = cfg_for(tmp_path, [str(tmp_path / "*.tif").replace("*.tif", "scene.tif")], str(labels),
                   val_fraction=0.2, test_fraction=0.12)
     data = prepare_data(cfg)
@@ -237,10 +239,7 @@ def test_read_window_and_prepare_data(tmp_path: Path) -> None:
 # ---- bad input -------------------------------------------------------------------------------------
 def test_unknown_label_ids_name_the_file(tmp_path: Path) -> None:
     image = write_image(tmp_path / "scene.tif")
-    labels = tmp_path / "bad.tif"
-    with rasterio.open(labels, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs=UTM,
-                       transform=Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])) as dst:
-        dst.write(np.full((64, 64), 9, np.uint8), 1)
+    labels = write_labels(tmp_path / "bad.tif", np.full((64, 64), 9, np.uint8))
     with pytest.raises(ValueError, match=r"bad.tif.*\[9\].*class table"):
         LabelSource(str(labels), cfg_for(tmp_path, [str(image)], str(labels)))
 
