@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from _machine import machine
 from bench_preprocess import make_scene, run_ours
 from geofm.aoi import load_aoi
 from geofm.config import PipelineConfig
@@ -115,8 +115,7 @@ def main() -> None:
             print(f"  {k:16s} median {smed[k]:6.2f} s  ({', '.join(f'{s:.2f}' for s in step[k])})  "
                   f"{n / smed[k]:5.2f} chips/s")
         print(f"  ratio (ours / before, chips per second): {smed['xarray (before)'] / smed['h5py (ours)']:.2f}x")
-        cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
-        print(f"machine: {cpu.split(':', 1)[-1].strip()}")
+        print(f"machine: {machine()}")
 
 
 if __name__ == "__main__":

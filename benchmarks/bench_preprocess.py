@@ -18,7 +18,6 @@ import io
 import json
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import date
@@ -33,6 +32,7 @@ from rasterio.enums import Resampling
 from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
+from _machine import machine
 from geofm import sentinel2
 from geofm.aoi import load_aoi
 from geofm.config import PipelineConfig
@@ -125,8 +125,7 @@ def main() -> None:
             print(f"{k:10s} chips {chips[k]:3d}  median {med[k]:7.2f} s  ({', '.join(f'{s:.2f}' for s in times[k])})"
                   f"  {rate[k]:6.2f} chips/s")
         print(f"ratio (ours / reference, chips per second): {rate['ours'] / rate['reference']:.1f}x")
-        cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
-        print(f"machine: {cpu.split(':', 1)[-1].strip()}")
+        print(f"machine: {machine()}")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import BTree
 
+from _machine import machine
 from geofm.vectordb import DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, ivf_partitions, vector_index_config
 
 DIM = 1024
@@ -134,15 +133,6 @@ def table(rows: list[dict], n_queries: int) -> str:
         f"{r['recall10']:.3f} | {r['load_s']:.0f} | {r['index_s']:.0f} ({r['partitions']}) |\n" for r in rows)
     return head + body + f"\n{n_queries} queries per cell, k={K}, nprobes={DEFAULT_NPROBES}, " \
         f"refine_factor={DEFAULT_REFINE_FACTOR}, dim={DIM}, cosine.\n"
-
-
-def machine() -> str:
-    try:
-        model = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True,
-                               timeout=10).stdout.split(":", 1)[1].strip()
-    except (IndexError, subprocess.SubprocessError):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, 2 cores"
 
 
 def main() -> None:
