@@ -10,10 +10,30 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from geofm.errors import InvalidNameError
 from geofm.layout import Layout
 from geofm.sentinel2 import L2A_BANDS, band
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
+MAX_NAME_BYTES = 255  # a file name's limit on every common file system and an S3 key part's sanity bound
+
+
+def check_name(value: str, what: str = "AOI name") -> str:
+    """``value`` if it is safe as one path part (a folder of the output layout), else
+    :class:`~geofm.errors.InvalidNameError`: not empty, no ``/`` or ``\\``, not ``.`` or ``..``, at most
+    255 bytes in UTF-8, no control characters. The one rule for every name that becomes a path part."""
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError(f"{what} must not be empty")
+    if value in (".", ".."):
+        raise InvalidNameError(f"{what} {value!r} is not allowed (it names a folder above)")
+    if "/" in value or "\\" in value:
+        raise InvalidNameError(f"{what} {value[:60]!r} must not contain '/' or '\\'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidNameError(f"{what} {value[:60]!r} must not contain control characters")
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidNameError(f"{what} is {len(value.encode('utf-8'))} bytes long; at most "
+                               f"{MAX_NAME_BYTES} are allowed")
+    return value
 
 
 class PipelineConfig(BaseModel):
@@ -88,6 +108,11 @@ class PipelineConfig(BaseModel):
         if not v:
             raise ValueError("band list is empty")
         return [band(b).name for b in v]
+
+    @field_validator("aoi_name")
+    @classmethod
+    def _safe_aoi_name(cls, v: str) -> str:
+        return check_name(v, "aoi_name")
 
     @field_validator("grid_id")
     @classmethod
