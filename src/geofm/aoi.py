@@ -10,10 +10,8 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from geofm import storage
-
-
-class AoiError(ValueError):
-    """The AOI input is unusable; the message names the input and what is wrong."""
+from geofm.digest import digest_bytes
+from geofm.errors import AoiError
 
 
 def _geometries(obj: Any, source: str) -> list[dict[str, Any]]:
@@ -79,3 +77,11 @@ def to_feature_collection(geom: BaseGeometry, name: str) -> dict[str, Any]:
         "type": "FeatureCollection",
         "features": [{"type": "Feature", "properties": {"aoi_name": name}, "geometry": mapping(geom)}],
     }
+
+
+def aoi_identity(url: str) -> str | None:
+    """Digest of the AOI file's content (what shapes the chips selected), or None when there is none."""
+    try:
+        return digest_bytes(storage.read_bytes(url))
+    except FileNotFoundError:
+        return None

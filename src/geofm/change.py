@@ -22,13 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from geofm.errors import InputError
+
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two arrays, flattened; NaN when either is all zeros."""
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"embeddings differ in size: {a.shape[0]} vs {b.shape[0]}")
+        raise InputError(f"embeddings differ in size: {a.shape[0]} vs {b.shape[0]}")
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
         return math.nan
@@ -40,7 +42,7 @@ def patch_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"patch embeddings must be two [L, D] arrays of one shape, got {a.shape}, {b.shape}")
+        raise InputError(f"patch embeddings must be two [L, D] arrays of one shape, got {a.shape}, {b.shape}")
     num = np.einsum("ld,ld->l", a, b)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -51,7 +53,7 @@ def patch_grid_side(n_patches: int) -> int:
     """Side of the square patch grid holding ``n_patches`` (row-major); non-squares raise."""
     side = math.isqrt(n_patches)
     if side * side != n_patches:
-        raise ValueError(f"{n_patches} patches do not form a square grid")
+        raise InputError(f"{n_patches} patches do not form a square grid")
     return side
 
 
@@ -68,11 +70,11 @@ def patch_summary(sim: np.ndarray, threshold: float) -> dict[str, float]:
 def baseline_index(cloud: Sequence[float], rule: str, baseline_max_cloud: float = 0.0) -> int:
     """Index of the baseline among date-sorted rows with cloud shares ``cloud`` (see module rules)."""
     if len(cloud) == 0:
-        raise ValueError("no rows to choose a baseline from")
+        raise InputError("no rows to choose a baseline from")
     if rule == "first":
         return 0
     if rule != "first-clear":
-        raise ValueError(f"unknown baseline rule {rule!r}; use 'first' or 'first-clear'")
+        raise InputError(f"unknown baseline rule {rule!r}; use 'first' or 'first-clear'")
     c = np.asarray(cloud, dtype=np.float64)
     clear = np.flatnonzero(c <= baseline_max_cloud)
     return int(clear[0]) if clear.size else int(np.argmin(c))

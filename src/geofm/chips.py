@@ -19,6 +19,8 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from geofm.errors import InputError
+
 WGS84 = "EPSG:4326"
 # AOI edges are densified to this step (degrees) before projection, so long edges follow UTM curvature.
 _AOI_DENSIFY_DEG = 0.005
@@ -55,9 +57,9 @@ class ChipGrid:
     def __post_init__(self) -> None:
         t = self.transform
         if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
-            raise ValueError(f"chip grid needs a north-up grid without rotation, got {tuple(t)[:6]}")
+            raise InputError(f"chip grid needs a north-up grid without rotation, got {tuple(t)[:6]}")
         if self.chip_size <= 0:
-            raise ValueError(f"chip_size must be positive, got {self.chip_size}")
+            raise InputError(f"chip_size must be positive, got {self.chip_size}")
 
     @property
     def gsd(self) -> float:
@@ -73,7 +75,7 @@ class ChipGrid:
 
     def chip(self, x_dim: int, y_dim: int) -> Chip:
         if not (0 <= x_dim < self.n_cols and 0 <= y_dim < self.n_rows):
-            raise ValueError(f"chip {chip_id(x_dim, y_dim)} is outside the {self.n_cols}x{self.n_rows} grid")
+            raise InputError(f"chip {chip_id(x_dim, y_dim)} is outside the {self.n_cols}x{self.n_rows} grid")
         s = self.chip_size
         col, row = x_dim * s, y_dim * s
         t = self.transform

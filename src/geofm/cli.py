@@ -1,26 +1,85 @@
-"""The ``geofm`` command line: one subcommand per step, plus run, demo, search, serve, models, finetune."""
+"""The ``geofm`` command line: one subcommand per step, plus run, demo, search, serve, models, finetune.
+
+The only place that prints, draws progress bars and maps errors to exit codes: every
+:class:`~geofm.errors.GeofmError` is caught once (:class:`GeofmGroup`), printed as one line, and exits 2
+for input and not-found errors, 1 for backend failures.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+from typer.core import TyperGroup
 
 from geofm.config import PipelineConfig, load_config, parse_set_options
-from geofm.report import StepReport
+from geofm.errors import ConfigError, GeofmError, exit_code
+from geofm.report import StepReport, UnitResult
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+class GeofmGroup(TyperGroup):
+    """Catches every GeofmError of every subcommand (nested groups included) once."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GeofmError as exc:
+            console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(exit_code(exc)) from None
+
 
 app = typer.Typer(
+    cls=GeofmGroup,
     help="Sentinel-2 chips, foundation-model embeddings, change over time and similarity search.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+
+
+# ---- progress ----------------------------------------------------------------------------------------
+class BarProgress:
+    """A rich progress bar per step (the :class:`~geofm.report.Progress` the CLI passes to the pipeline)."""
+
+    def __init__(self) -> None:
+        self._bar: RichProgress | None = None
+        self._task: Any = None
+        self._failed = 0
+
+    def start(self, step: str, total: int) -> None:
+        self._failed = 0
+        self._bar = RichProgress(TextColumn(f"[bold]{step}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("[red]{task.fields[failed]} failed"), TimeRemainingColumn(),
+                                 console=console)
+        self._bar.start()
+        self._task = self._bar.add_task(step, total=total, failed=0)
+
+    def advance(self, result: UnitResult) -> None:
+        self._failed += result.status == "failed"
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, failed=self._failed)
+
+    def end(self, report: StepReport) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        self._bar = None
+
+
+def _progress(quiet: bool) -> BarProgress | None:
+    return None if quiet else BarProgress()
+
 
 # ---- options shared by every pipeline command ----------------------------------------------------
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of pipeline parameters.")]
@@ -42,7 +101,7 @@ def _date(value: str | None, name: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+        raise ConfigError(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def build_config(
@@ -53,56 +112,47 @@ def build_config(
     start: str | None = None,
     end: str | None = None,
     set_: list[str] | None = None,
-    **extra: Any,
+    **flags: Any,
 ) -> PipelineConfig:
-    """Resolve parameters: YAML file, then ``--set`` pairs, then dedicated flags (flags win)."""
-    try:
-        overrides = parse_set_options(set_)
-        overrides.update(
-            aoi=aoi, aoi_name=aoi_name, output_root=out,
-            start_date=_date(start, "--start"), end_date=_date(end, "--end"), **extra,
-        )
-        return load_config(config, **overrides)
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    """Resolve parameters: YAML file, then ``--set`` pairs, then the flags that were given (flags win;
+    a flag left out is None here and never hides a ``--set`` value)."""
+    given = {"aoi": aoi, "aoi_name": aoi_name, "output_root": out, "start_date": _date(start, "--start"),
+             "end_date": _date(end, "--end"), **flags}
+    overrides = parse_set_options(set_)
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    return load_config(config, **overrides)
 
 
-def finish(run_step: Callable[[], StepReport]) -> None:
-    """Run a step, print its summary and exit non-zero when any unit failed; input errors found
-    before any work (a bad AOI, no scenes) exit 2 with their message, not a traceback."""
-    try:
-        report = run_step()
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
-        fail(str(exc))
-    console.print(report.summary())
-    if not report.ok:
+def _run(cfg: PipelineConfig, steps: list[str], quiet: bool) -> None:
+    """Run ``steps``, print the summary and exit 1 when any unit failed."""
+    from geofm import pipeline
+
+    record = pipeline.run_pipeline(cfg, steps, progress=_progress(quiet))
+    console.print(record.summary(), highlight=False)
+    console.print(f"run record: {cfg.layout.run_record(record.run_id)}", highlight=False)
+    if not record.ok:
         raise typer.Exit(1)
 
 
-def fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
+def _flag(value: bool) -> bool | None:
+    """A boolean flag as an override: True when given, None (no override) when left out."""
+    return True if value else None
 
 
 @app.command()
 def discover(
     config: ConfigOpt = None, aoi: AoiOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
-    start: StartOpt = None, end: EndOpt = None, set_: SetOpt = None,
+    start: StartOpt = None, end: EndOpt = None, set_: SetOpt = None, quiet: QuietOpt = False,
+    force: ForceOpt = False,
     stac_url: Annotated[str | None, typer.Option("--stac-url", help="STAC API root URL.")] = None,
     max_cloud_cover: Annotated[float | None, typer.Option("--max-cloud-cover", help="Percent.")] = None,
     grid_id: Annotated[str | None, typer.Option("--grid-id", help="Keep one MGRS tile.")] = None,
 ) -> None:
     """Step 0: search the STAC API for scenes over the AOI and write them to the input layout."""
-    from geofm.stac import discover as run_discover
-
     cfg = build_config(config, aoi, aoi_name, out, start, end, set_, stac_url=stac_url,
-                       max_cloud_cover=max_cloud_cover, grid_id=grid_id)
-    try:
-        items = run_discover(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        fail(str(exc))
-    console.print(f"{len(items)} scenes written to {cfg.layout.scenes_dir}")
+                       max_cloud_cover=max_cloud_cover, grid_id=grid_id, force=_flag(force))
+    _run(cfg, ["discover"], quiet)
+    console.print(f"{len(cfg.layout.scene_ids())} scenes in {cfg.layout.scenes_dir}", highlight=False)
 
 
 @app.command()
@@ -113,11 +163,9 @@ def preprocess(
     whole_tile: Annotated[bool, typer.Option("--whole-tile", help="Chip the whole tile.")] = False,
 ) -> None:
     """Step 1: cut each scene into chips (NetCDF + PNG) and write its chip metadata (GeoParquet)."""
-    from geofm.steps import preprocess as step
-
     cfg = build_config(config, aoi, aoi_name, out, None, None, set_, chip_size=chip_size,
-                       whole_tile=whole_tile or None, force=force or None)
-    finish(lambda: step.run(cfg, quiet=quiet))
+                       whole_tile=_flag(whole_tile), force=_flag(force))
+    _run(cfg, ["preprocess"], quiet)
 
 
 @app.command()
@@ -130,11 +178,9 @@ def embed(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda.")] = None,
 ) -> None:
     """Step 2: embed every chip with the model (class + patch embeddings as .npy)."""
-    from geofm.steps import embed as step
-
     cfg = build_config(config, None, aoi_name, out, None, None, set_, model=model, checkpoint=checkpoint,
-                       batch_size=batch_size, device=device, force=force or None)
-    finish(lambda: step.run(cfg, quiet=quiet))
+                       batch_size=batch_size, device=device, force=_flag(force))
+    _run(cfg, ["embed"], quiet)
 
 
 @app.command()
@@ -143,10 +189,8 @@ def analyze(
     set_: SetOpt = None, quiet: QuietOpt = False, force: ForceOpt = False,
 ) -> None:
     """Step 3: global PCA and cosine similarity over time against the baseline, per chip."""
-    from geofm.steps import analyze as step
-
-    cfg = build_config(config, None, aoi_name, out, None, None, set_, force=force or None)
-    finish(lambda: step.run(cfg, quiet=quiet))
+    cfg = build_config(config, None, aoi_name, out, None, None, set_, force=_flag(force))
+    _run(cfg, ["analyze"], quiet)
 
 
 @app.command()
@@ -155,10 +199,8 @@ def consolidate(
     set_: SetOpt = None, quiet: QuietOpt = False, force: ForceOpt = False,
 ) -> None:
     """Step 4: consolidated GeoParquet, chip-grid GeoJSONs, front-end config and the LanceDB table."""
-    from geofm.steps import consolidate as step
-
-    cfg = build_config(config, aoi, aoi_name, out, None, None, set_, force=force or None)
-    finish(lambda: step.run(cfg, quiet=quiet))
+    cfg = build_config(config, aoi, aoi_name, out, None, None, set_, force=_flag(force))
+    _run(cfg, ["consolidate"], quiet)
 
 
 @app.command()
@@ -177,29 +219,19 @@ def run(
     """Run the pipeline: discover, preprocess, embed, analyze, consolidate (resumable)."""
     from geofm import pipeline
 
-    cfg = build_config(config, aoi, aoi_name, out, start, end, set_, force=force or None,
+    cfg = build_config(config, aoi, aoi_name, out, start, end, set_, force=_flag(force),
                        executor=executor, ray_address=ray_address, model=model)
-    chosen = [s.strip() for s in steps.split(",")] if steps else list(pipeline.STEPS)
-    if skip_discover and "discover" in chosen:
-        chosen.remove("discover")
-    console.print("[bold]parameters[/bold]\n" + cfg.to_yaml())
-    try:
-        pipeline.check_inputs(cfg, chosen)
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
-        fail(str(exc))
+    names = [s.strip() for s in steps.split(",")] if steps else list(pipeline.STEP_NAMES)
+    if skip_discover and "discover" in names:
+        names.remove("discover")
+    chosen = pipeline.steps_named(names)
+    console.print("[bold]parameters[/bold]\n" + cfg.to_yaml(), highlight=False, markup=True)
     if dry_run:
-        import json
-
-        console.print("[bold]plan[/bold]\n" + json.dumps(pipeline.plan(cfg, chosen), indent=2))
+        pipeline.check_inputs(cfg, chosen)
+        out_console.print("[bold]plan[/bold]\n" + json.dumps(pipeline.plan(cfg, chosen), indent=2),
+                          highlight=False)
         return
-    try:
-        record = pipeline.run_pipeline(cfg, chosen, quiet=quiet)
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as exc:
-        fail(str(exc))
-    console.print(record.summary())
-    console.print(f"run record: {cfg.layout.run_record(record.run_id)}")
-    if not record.ok:
-        raise typer.Exit(1)
+    _run(cfg, [s.name for s in chosen], quiet)
 
 
 @app.command()
@@ -209,9 +241,37 @@ def demo(
     quiet: QuietOpt = False,
 ) -> None:
     """Synthesize a small AOI with planted change and run the whole pipeline on it, offline."""
-    from geofm.demo import run_demo
+    from geofm.demo import DEMO_DATES, DEMO_EXTENT_M, DEMO_GRID, run_demo
 
-    raise typer.Exit(run_demo(out, model=model, quiet=quiet))
+    out_console.print(f"[bold]geofm demo[/bold]: synthesizing {len(DEMO_DATES)} dates of tile {DEMO_GRID} "
+                      f"({DEMO_EXTENT_M / 1000:.1f} km square) into {out}")
+    result = run_demo(out, model=model, progress=_progress(quiet))
+    out_console.print(f"model: [bold]{result.model}[/bold]"
+                      + (" (weights-free; put Clay weights in the model cache to use Clay)"
+                         if result.model == "spectral" else ""))
+    out_console.print(result.record.summary(), highlight=False)
+    if not result.record.ok or result.chips is None or result.hits is None:
+        raise typer.Exit(1)
+    where = Table(title="what the demo made, and where")
+    where.add_column("artifact")
+    where.add_column("location", overflow="fold")
+    for name, url in result.where:
+        where.add_row(name, url)
+    out_console.print(where)
+    table = Table(title="chips that changed most (lowest similarity to the baseline)")
+    for col in ("chip_id", "lowest similarity", "on", "change_intensity", "planted truth"):
+        table.add_column(col)
+    for _, row in result.chips.head(8).iterrows():
+        table.add_row(str(row["chip_id"]), f"{row['min_sim']:.3f}", str(row["min_sim_date"])[:10],
+                      str(row["change_intensity"]), result.truth.get(str(row["chip_id"]), "-"))
+    out_console.print(table)
+    out_console.print(f"{result.scenes} scenes, {len(result.chips)} chips analysed, {len(DEMO_DATES)} dates; "
+                      f"planted changes in {len(result.truth)} chips")
+    out_console.print(f"similarity search from the steadiest chip, {result.query_chip}, "
+                      f"on {result.query_date}:")
+    out_console.print(result.hits[["chip_id", "date", "score"]].to_string(index=False), highlight=False)
+    out_console.print(f"\nOpen the explorer: [bold].venv/bin/geofm serve --out {out}[/bold] "
+                      "then browse http://127.0.0.1:8000")
 
 
 @app.command()
@@ -229,31 +289,32 @@ def synth(
                                               help="Also write items and AOI to the input layout.")] = True,
 ) -> None:
     """Realistic synthetic Sentinel-2 L2A scenes (COGs, STAC items, AOI, planted-change truth)."""
+    from geofm.config import check_name
     from geofm.layout import Layout
     from geofm.synth import default_dates, synthesize
 
-    try:
-        if dates:
-            days = [d for d in (_date(x.strip(), "--dates") for x in dates.split(",") if x.strip()) if d]
-        else:
-            first, last = _date(start, "--start"), _date(end, "--end")
-            assert first is not None and last is not None
-            days = default_dates(first, last, every)
-        result = synthesize(out, aoi_name=aoi_name, grid=grid, dates=days, extent_m=extent, seed=seed,
-                            into_layout=into_layout)
-    except ValueError as exc:
-        fail(str(exc))
-    console.print(f"{len(result.scene_ids)} synthetic scenes of {result.grid} "
-                  f"({result.extent_m:.0f} m square, {result.crs}) in {result.archive_dir}")
+    check_name(aoi_name, "--aoi-name")
+    if dates:
+        days = [d for d in (_date(x.strip(), "--dates") for x in dates.split(",") if x.strip()) if d]
+    else:
+        first, last = _date(start, "--start"), _date(end, "--end")
+        assert first is not None and last is not None
+        days = default_dates(first, last, every)
+    result = synthesize(out, aoi_name=aoi_name, grid=grid, dates=days, extent_m=extent, seed=seed,
+                        into_layout=into_layout)
+    say = out_console.print
+    say(f"{len(result.scene_ids)} synthetic scenes of {result.grid} "
+        f"({result.extent_m:.0f} m square, {result.crs}) in {result.archive_dir}", highlight=False)
     for sid in result.scene_ids:
-        console.print(f"  {sid}  sky {result.sky[sid]:<5}  eo:cloud_cover {result.cloud_cover[sid]:5.1f}")
-    console.print(f"items (for rustac serve): {result.items_path}")
-    console.print(f"AOI: {result.aoi_path}")
-    console.print(f"planted changes: {result.truth_path} "
-                  + ", ".join(f"{c.kind} from {c.start_date}" for c in result.changes))
-    console.print(f"land cover: {result.landcover_path}")
+        say(f"  {sid}  sky {result.sky[sid]:<5}  eo:cloud_cover {result.cloud_cover[sid]:5.1f}",
+            highlight=False)
+    say(f"items (for rustac serve): {result.items_path}", highlight=False)
+    say(f"AOI: {result.aoi_path}", highlight=False)
+    say(f"planted changes: {result.truth_path} "
+        + ", ".join(f"{c.kind} from {c.start_date}" for c in result.changes), highlight=False)
+    say(f"land cover: {result.landcover_path}", highlight=False)
     if into_layout:
-        console.print(f"input layout: {Layout(out, aoi_name).scenes_dir}")
+        say(f"input layout: {Layout(out, aoi_name).scenes_dir}", highlight=False)
 
 
 @app.command("config")
@@ -275,24 +336,16 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
 ) -> None:
     """The chips most similar (cosine, class embeddings) to a chip at a date, from the LanceDB table."""
-    from rich.table import Table
-
-    from geofm.vectordb import VectorDBError
     from geofm.vectordb import search as run_search
 
     cfg = build_config(config, None, aoi_name, out, None, None, set_)
     date_range = (_date(start, "--start"), _date(end, "--end")) if (start or end) else None
     query_date = _date(date_, "--date")
-    try:
-        hits = run_search(cfg.layout.lance_db, chip_id=chip, date=query_date, k=k, min_score=min_score,
-                          date_range=date_range, grids=grid, bbox=bbox)
-    except VectorDBError as exc:
-        fail(str(exc))
+    hits = run_search(cfg.layout.lance_db, chip_id=chip, date=query_date, k=k, min_score=min_score,
+                      date_range=date_range, grids=grid, bbox=bbox)
     cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "s3_location_png_thumbnail")
             if c in hits.columns]
     if as_json:
-        import json
-
         records = hits[cols].to_dict("records")
         for rec in records:
             rec["date"] = str(rec["date"])[:10]
@@ -304,7 +357,7 @@ def search(
     for _, row in hits[cols].iterrows():
         table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v)[:10] if c == "date" else str(v)
                         for c, v in row.items()])
-    Console().print(table)
+    out_console.print(table)
 
 
 @app.command()
@@ -316,11 +369,12 @@ def serve(
 ) -> None:
     """Start the explorer (web map for similarity search and change detection) and print its address."""
     from geofm import storage
+    from geofm.errors import NotFoundError
     from geofm.layout import Layout
     from geofm.server import serve as run_serve
 
     if not storage.exists(Layout.outputs_dir(out)):
-        fail(f"--out {out!r}: no pipeline output there (expected {Layout.outputs_dir(out)})")
+        raise NotFoundError(f"--out {out!r}: no pipeline output there (expected {Layout.outputs_dir(out)})")
     run_serve(out, host=host, port=port)
 
 

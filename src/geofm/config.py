@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from geofm.errors import InvalidNameError
+from geofm.errors import ConfigError, InvalidNameError
 from geofm.layout import Layout
 from geofm.sentinel2 import L2A_BANDS, band
+from geofm.vectordb import DEFAULT_INDEX_MIN_ROWS, DEFAULT_INDEX_TYPE, VECTOR_INDEX_TYPES
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
 MAX_NAME_BYTES = 255  # a file name's limit on every common file system and an S3 key part's sanity bound
@@ -89,9 +90,11 @@ class PipelineConfig(BaseModel):
     # ---- step 4: consolidate ---------------------------------------------------------------
     change_threshold_high: float = Field(0.30, description="Similarity below this: changed (High).")
     change_threshold_medium: float = Field(0.60, description="Lowest similarity below this: Medium.")
-    vector_index_min_rows: int = Field(100_000, ge=1, description="Build an ANN index from this size.")
-    vector_index_type: Literal["IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ"] = Field(
-        "IVF_SQ", description="LanceDB ANN index (cosine); IVF_SQ builds fastest, see BENCHMARKS.md.")
+    vector_index_min_rows: int = Field(DEFAULT_INDEX_MIN_ROWS, ge=1, description="Build an ANN index from "
+                                       "this size.")
+    vector_index_type: str = Field(
+        DEFAULT_INDEX_TYPE, description=f"LanceDB ANN index (cosine), one of "
+        f"{', '.join(VECTOR_INDEX_TYPES)}; IVF_SQ builds fastest, see BENCHMARKS.md.")
 
     # ---- running ---------------------------------------------------------------------------
     executor: Literal["local", "ray"] = Field("local", description="local process pool or Ray.")
@@ -114,6 +117,13 @@ class PipelineConfig(BaseModel):
     def _safe_aoi_name(cls, v: str) -> str:
         return check_name(v, "aoi_name")
 
+    @field_validator("vector_index_type")
+    @classmethod
+    def _known_index(cls, v: str) -> str:
+        if v not in VECTOR_INDEX_TYPES:
+            raise ValueError(f"unknown vector index type {v!r}; use one of {', '.join(VECTOR_INDEX_TYPES)}")
+        return v
+
     @field_validator("grid_id")
     @classmethod
     def _grid_upper(cls, v: str | None) -> str | None:
@@ -133,6 +143,12 @@ class PipelineConfig(BaseModel):
     def layout(self) -> Layout:
         return Layout(self.output_root, self.aoi_name, self.processing_level)
 
+    @property
+    def aoi_url(self) -> str:
+        """The AOI the steps select chips with: ``aoi`` if given, else the one discovery wrote to the
+        input layout (the one rule for where the AOI is)."""
+        return self.aoi or self.layout.aoi_geojson
+
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:
         """Load a YAML file; ``overrides`` (non-None values) win over the file."""
@@ -146,33 +162,51 @@ def read_yaml_mapping(path: str | Path, overrides: dict[str, Any] | None = None)
     """A YAML file of parameters as a dict, with non-None ``overrides`` applied; errors name the file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a mapping of parameters, got {type(data).__name__}")
+        raise ConfigError(f"{p}: expected a mapping of parameters, got {type(data).__name__}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return data
 
 
-def parse_set_options(items: list[str] | None) -> dict[str, Any]:
-    """``["chip_size=128", "s2_bands=[red,green]"]`` -> dict, values parsed as YAML scalars/lists."""
+def parse_set_options(items: list[str] | None, fields: Any = None) -> dict[str, Any]:
+    """``["chip_size=128", "s2_bands=[red,green]"]`` -> dict, values parsed as YAML scalars/lists; keys
+    must be fields of ``fields`` (a pydantic model class; default :class:`PipelineConfig`)."""
+    known = (fields or PipelineConfig).model_fields
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        if key not in PipelineConfig.model_fields:
-            raise ValueError(f"unknown parameter {key!r}; see `geofm config show`")
-        out[key] = yaml.safe_load(value)
+        if key not in known:
+            raise ConfigError(f"unknown parameter {key!r} in --set; `geofm config` lists them")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
     return out
 
 
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line per bad field: ``field: what is wrong``."""
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 def load_config(config: str | Path | None = None, **overrides: Any) -> PipelineConfig:
-    """Config from an optional YAML file plus overrides (None values ignored)."""
-    if config is not None:
-        return PipelineConfig.from_yaml(config, **overrides)
-    return PipelineConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+    """Config from an optional YAML file plus overrides (None values ignored); bad values raise
+    :class:`~geofm.errors.ConfigError` naming the parameter."""
+    try:
+        if config is not None:
+            return PipelineConfig.from_yaml(config, **overrides)
+        return PipelineConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc)) from None

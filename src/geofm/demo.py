@@ -1,16 +1,17 @@
-"""`geofm demo`: synthesize a small AOI with planted change, run the whole pipeline, print what it found."""
+"""`geofm demo`: synthesize a small AOI with planted change, run the whole pipeline, report what it found."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date
 
 import geopandas as gpd
-from rich.console import Console
-from rich.table import Table
+import pandas as pd
 
 from geofm import storage
 from geofm.config import PipelineConfig
-from geofm.pipeline import PROCESSING_STEPS, run_pipeline
+from geofm.pipeline import STEP_NAMES, RunRecord, run_pipeline
+from geofm.report import Progress
 
 DEMO_AOI = "demo"
 DEMO_GRID = "33TWL"
@@ -44,32 +45,38 @@ def _truth_chips(truth_path: str, chips: gpd.GeoDataFrame) -> dict[str, str]:
     return out
 
 
-def run_demo(out: str, model: str = "auto", quiet: bool = False, console: Console | None = None) -> int:
-    """Run the demo end to end into ``out``; returns the exit code (0 when every step succeeded)."""
-    from geofm.synth import synthesize
+@dataclass
+class DemoResult:
+    """What the demo made and found (the CLI prints it)."""
 
-    console = console or Console()
+    out: str
+    model: str
+    record: RunRecord
+    where: list[tuple[str, str]] = field(default_factory=list)  # artifact, location
+    chips: gpd.GeoDataFrame | None = None  # change intensity per chip, most changed first
+    truth: dict[str, str] = field(default_factory=dict)  # chip_id -> planted change kind
+    scenes: int = 0
+    query_chip: str = ""
+    query_date: str = ""
+    hits: pd.DataFrame | None = None
+
+
+def run_demo(out: str, model: str = "auto", progress: Progress | None = None) -> DemoResult:
+    """Synthesize the demo AOI into ``out``, run every processing step, and look at what came out."""
+    from geofm.synth import synthesize
+    from geofm.vectordb import search
+
     chosen = pick_model(model)
-    console.print(f"[bold]geofm demo[/bold]: synthesizing {len(DEMO_DATES)} dates of tile {DEMO_GRID} "
-                  f"({DEMO_EXTENT_M / 1000:.1f} km square) into {out}")
     synth = synthesize(out, aoi_name=DEMO_AOI, grid=DEMO_GRID, dates=DEMO_DATES, extent_m=DEMO_EXTENT_M,
                        seed=0, into_layout=True)
     cfg = PipelineConfig(aoi_name=DEMO_AOI, aoi=str(synth.aoi_path), output_root=out, model=chosen,
                          chip_size=256, batch_size=16)
-    console.print(f"model: [bold]{chosen}[/bold]"
-                  + (" (weights-free; put Clay weights in the model cache to use Clay)"
-                     if chosen == "spectral" else ""))
-    record = run_pipeline(cfg, list(PROCESSING_STEPS), quiet=quiet)
-    console.print(record.summary())
+    record = run_pipeline(cfg, [s for s in STEP_NAMES if s != "discover"], progress=progress)
+    result = DemoResult(out, chosen, record)
     if not record.ok:
-        return 1
-
-    grid = DEMO_GRID
-    lay = cfg.layout
-    where = Table(title="what the demo made, and where")
-    where.add_column("artifact")
-    where.add_column("location", overflow="fold")
-    for name, url in (
+        return result
+    grid, lay = DEMO_GRID, cfg.layout
+    result.where = [
         ("synthetic scenes (COGs, STAC items)", str(synth.items_path).rsplit("/", 1)[0]),
         ("planted-change truth", str(synth.truth_path)),
         ("scene items + AOI (input layout)", lay.input_dir),
@@ -80,29 +87,13 @@ def run_demo(out: str, model: str = "auto", quiet: bool = False, console: Consol
         ("consolidated output, grids, config", lay.consolidated_dir(grid)),
         ("vector database (LanceDB)", lay.lance_db),
         ("run records", lay.runs_dir),
-    ):
-        where.add_row(name, url)
-    console.print(where)
-    chips = _changed_chips(cfg, grid)
-    truth = _truth_chips(str(synth.truth_path), chips)
-    table = Table(title="chips that changed most (lowest similarity to the baseline)")
-    for col in ("chip_id", "lowest similarity", "on", "change_intensity", "planted truth"):
-        table.add_column(col)
-    for _, row in chips.sort_values("min_sim").head(8).iterrows():
-        table.add_row(str(row["chip_id"]), f"{row['min_sim']:.3f}", str(row["min_sim_date"])[:10],
-                      str(row["change_intensity"]), truth.get(str(row["chip_id"]), "-"))
-    console.print(table)
-
-    scenes = len(cfg.layout.scene_ids())
-    console.print(f"{scenes} scenes, {len(chips)} chips analysed, {len(DEMO_DATES)} dates; planted changes "
-                  f"in {len(truth)} chips")
-    steady = chips.sort_values("min_sim").iloc[-1]
-    query_chip, latest = str(steady["chip_id"]), str(steady["latest_date"])[:10]
-    from geofm.vectordb import search
-
-    hits = search(cfg.layout.lance_db, chip_id=query_chip, date=latest, k=5, date_range=(latest, latest))
-    console.print(f"similarity search from the steadiest chip, {query_chip}, on {latest}:")
-    console.print(hits[["chip_id", "date", "score"]].to_string(index=False))
-    console.print(f"\nOpen the explorer: [bold].venv/bin/geofm serve --out {out}[/bold] "
-                  "then browse http://127.0.0.1:8000")
-    return 0
+    ]
+    chips = _changed_chips(cfg, grid).sort_values("min_sim").reset_index(drop=True)
+    result.chips = chips
+    result.truth = _truth_chips(str(synth.truth_path), chips)
+    result.scenes = len(lay.scene_ids())
+    steady = chips.iloc[-1]
+    result.query_chip, result.query_date = str(steady["chip_id"]), str(steady["latest_date"])[:10]
+    result.hits = search(lay.lance_db, chip_id=result.query_chip, date=result.query_date, k=5,
+                         date_range=(result.query_date, result.query_date))
+    return result

@@ -79,6 +79,10 @@ class VectorDBError(BackendError):
     """The LanceDB database or table cannot be opened or written."""
 
 
+class InjectedFault(GeofmError):
+    """A failure injected on purpose by the resilience test hook (``GEOFM_FAULTS``, geofm.markers)."""
+
+
 # ---- exit codes ----------------------------------------------------------------------------------
 def exit_code(exc: GeofmError) -> int:
     """2 for input and not-found errors (fix the input), 1 for backend failures."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from geofm import storage
+from geofm.errors import InputError
 from geofm.sentinel2 import PROCESSING_LEVEL, parse_scene_id
 
 
@@ -109,7 +110,7 @@ class Layout:
     ) -> str:
         """``kind`` is ``cls`` or ``patch``; ``bands`` a band tag such as ``red_green_blue_nir``."""
         if kind not in ("cls", "patch"):
-            raise ValueError(f"embedding kind must be 'cls' or 'patch', not {kind!r}")
+            raise InputError(f"embedding kind must be 'cls' or 'patch', not {kind!r}")
         s = parse_scene_id(scene_id)
         folder = join(
             self.embeddings_dir(model), self.level, s.grid, str(s.date.year), str(s.date.month)
@@ -180,9 +181,8 @@ class Layout:
 
     @property
     def lance_db(self) -> str:
+        """The LanceDB database folder (its table name: ``geofm.vectordb.DEFAULT_TABLE``)."""
         return join(self.output_dir, "lance-db")
-
-    LANCE_TABLE = "vector_db"
 
     # ---- run bookkeeping ---------------------------------------------------------------------
     @property
@@ -198,79 +198,3 @@ class Layout:
 
     def markers_dir(self, step: str) -> str:
         return join(self.runs_dir, "markers", step)
-
-
-# ---- synthetic Sentinel-2 archive (``geofm synth``), shared by every AOI under a root -----------
-def synth_archive_dir(root: str) -> str:
-    """Folder of the synthetic scene archive: what a STAC API's asset hrefs point to."""
-    return join(root, "synthetic-archive")
-
-
-def synth_scene_dir(root: str, scene_id: str) -> str:
-    return join(synth_archive_dir(root), "scenes", scene_id)
-
-
-def synth_asset(root: str, scene_id: str, file_name: str) -> str:
-    """One asset file of a synthetic scene, e.g. ``B04.tif``, ``SCL.tif``, ``TCI.tif``."""
-    return join(synth_scene_dir(root, scene_id), file_name)
-
-
-def synth_grid_dir(root: str, grid: str) -> str:
-    return join(synth_archive_dir(root), grid)
-
-
-def synth_items(root: str, grid: str) -> str:
-    """FeatureCollection of every synthetic item of a tile (what ``rustac serve`` loads)."""
-    return join(synth_grid_dir(root, grid), "items.json")
-
-
-def synth_aoi(root: str, grid: str, aoi_name: str) -> str:
-    return join(synth_grid_dir(root, grid), f"aoi_{aoi_name}.geojson")
-
-
-def synth_truth(root: str, grid: str) -> str:
-    """Ground truth of the planted changes (GeoJSON, EPSG:4326)."""
-    return join(synth_grid_dir(root, grid), "planted_changes.geojson")
-
-
-def synth_landcover(root: str, grid: str, scene_id: str | None = None) -> str:
-    """Land-cover COG (uint8, 10 m): before any change, or as on one scene's date."""
-    name = "landcover.tif" if scene_id is None else f"landcover_{scene_id}.tif"
-    return join(synth_grid_dir(root, grid), name)
-
-
-def synth_classes(root: str, grid: str) -> str:
-    return join(synth_grid_dir(root, grid), "classes.json")
-
-
-@dataclass(frozen=True)
-class FinetuneLayout:
-    """Paths of one fine-tuning run under its output folder (``SegmentationConfig.output_dir``)."""
-
-    root: str
-
-    @property
-    def checkpoints_dir(self) -> str:
-        return join(self.root, "checkpoints")
-
-    BEST_CHECKPOINT_NAME = "best"  # Lightning adds ``.ckpt``
-    LAST_CHECKPOINT_NAME = "last"  # the latest epoch
-
-    @property
-    def best_checkpoint(self) -> str:
-        return join(self.checkpoints_dir, f"{self.BEST_CHECKPOINT_NAME}.ckpt")
-
-    @property
-    def logs_dir(self) -> str:
-        """CSV logs (``csv/``) and TensorBoard event files (``tensorboard/``)."""
-        return join(self.root, "logs")
-
-    @property
-    def config_copy(self) -> str:
-        return join(self.root, "config.yaml")
-
-    def metrics(self, split: str) -> str:
-        return join(self.root, f"metrics_{split}.json")
-
-    def confusion_matrix_png(self, split: str) -> str:
-        return join(self.root, f"confusion_matrix_{split}.png")

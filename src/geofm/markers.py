@@ -1,107 +1,139 @@
-"""Completion markers: how a rerun knows which units of work to skip.
+"""The one resume mechanism: a unit of work is skipped only when its marker matches.
 
-A unit's marker is written last, after all its outputs, and records a fingerprint of every parameter
-that shapes the step's outputs (its own and those of the steps before it). A unit is skipped when its
-marker exists with the same fingerprint; otherwise it is redone from scratch (the step function is
-called with ``force=True`` so its own "already there" checks don't keep stale outputs).
+A unit's fingerprint digests its step, the parameters that shape the step's outputs and the identity
+of the unit's inputs: what the upstream units wrote, named by their own fingerprints (or by a digest
+of the content read). The marker is written last, after every output, and records the fingerprint and
+the outputs. A rerun skips a unit when its marker holds the same fingerprint and every recorded output
+exists; otherwise the unit is done again from scratch, and outputs of the previous run that this one
+did not write are removed. Since a unit's outputs are a deterministic function of its fingerprint, the
+fingerprint also serves as the identity of what it wrote: whatever is redone upstream changes the
+fingerprints downstream, so after any failures, kills or mended inputs one more run converges to the
+outputs of a clean run.
+
+Markers live at ``output/<aoi>/runs/markers/<step>/<unit>.json``; outputs are recorded relative to the
+output root when they lie under it (so a moved root keeps its markers valid).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
+import os
+import signal
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from geofm import storage
-from geofm.config import PipelineConfig
+from geofm.digest import digest
+from geofm.errors import InjectedFault, NotFoundError
+from geofm.layout import Layout
 
-_DISCOVER = ["aoi", "start_date", "end_date", "stac_url", "collection", "max_cloud_cover", "grid_id",
-             "max_items"]
-_PREPROCESS = ["aoi", "processing_level", "s2_bands", "chip_size", "whole_tile"]
-_EMBED = [*_PREPROCESS, "model", "checkpoint", "embed_bands", "patch_embeddings", "embed_max_missing",
-          "embed_max_cloud"]
-_ANALYZE = [*_EMBED, "embedding_kind", "n_components", "pca_sample_size", "seed", "baseline",
-            "baseline_max_cloud", "analyze_max_cloud", "analyze_max_missing", "patch_change_threshold"]
-_CONSOLIDATE = [*_ANALYZE, "change_threshold_high", "change_threshold_medium", "vector_index_min_rows",
-                "vector_index_type"]
-
-# Parameters that shape each step's outputs, upstream ones included, so a change invalidates downstream.
-STEP_PARAMS: dict[str, list[str]] = {
-    "discover": _DISCOVER,
-    "preprocess": _PREPROCESS,
-    "embed": _EMBED,
-    "analyze": _ANALYZE,
-    "consolidate": _CONSOLIDATE,
-}
-# Steps whose units depend on the whole set of scenes (global PCA, per-grid consolidation).
-SCENE_SET_STEPS = {"analyze", "consolidate"}
+FAULTS_ENV = "GEOFM_FAULTS"
 
 
-def _aoi_digest(cfg: PipelineConfig) -> str | None:
-    url = cfg.aoi or cfg.layout.aoi_geojson
-    try:
-        return hashlib.sha256(storage.read_bytes(url)).hexdigest()
-    except (OSError, FileNotFoundError):
-        return None
+@dataclass(frozen=True)
+class Marker:
+    """A finished unit: its fingerprint, the outputs it wrote and a summary of what it did."""
+
+    step: str
+    unit: str
+    fingerprint: str
+    outputs: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def fingerprint(cfg: PipelineConfig, step: str) -> dict[str, Any]:
-    """The parameter values (and, where it matters, the scene set) a step's outputs depend on."""
-    params = {k: getattr(cfg, k) for k in STEP_PARAMS[step]}
-    if "aoi" in params:
-        params["aoi"] = _aoi_digest(cfg)
-    if step in SCENE_SET_STEPS:
-        params["scenes"] = cfg.layout.scene_ids()
-    return json.loads(json.dumps(params, default=str, sort_keys=True))
+def fingerprint(step: str, params: dict[str, Any], inputs: Any) -> str:
+    """The digest a unit's marker must hold for the unit to be skipped."""
+    return digest({"step": step, "params": params, "inputs": inputs})
 
 
-def digest(fp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _unit_name(unit: str) -> str:
+def _file_name(unit: str) -> str:
     return unit.replace("/", "__")
 
 
-def is_complete(cfg: PipelineConfig, step: str, unit: str, expected: str) -> bool:
-    url = cfg.layout.marker(step, _unit_name(unit))
-    if not storage.exists(url):
-        return False
+def _unit_name(file_name: str) -> str:
+    return file_name.removesuffix(".json").replace("__", "/")
+
+
+def stored(lay: Layout, url: str) -> str:
+    """``url`` relative to the output root when it lies under it (identities and markers that do not
+    change when the root is moved), else as it is."""
+    root = lay.root.rstrip("/") + "/"
+    return url[len(root):] if url.startswith(root) else url
+
+
+def _resolved(lay: Layout, stored: str) -> str:
+    return stored if "://" in stored or stored.startswith("/") else f"{lay.root.rstrip('/')}/{stored}"
+
+
+def read(lay: Layout, step: str, unit: str) -> Marker | None:
+    """The unit's marker, or None when it has none (a torn or foreign marker counts as none)."""
+    url = lay.marker(step, _file_name(unit))
     try:
-        return storage.read_json(url).get("fingerprint") == expected
-    except ValueError:  # a torn or foreign marker counts as absent
-        return False
+        obj = storage.read_json(url)
+        return Marker(step, unit, str(obj["fingerprint"]), [_resolved(lay, u) for u in obj["outputs"]],
+                      dict(obj.get("info") or {}))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
-def write_marker(cfg: PipelineConfig, step: str, unit: str, expected: str, info: dict[str, Any]) -> None:
-    storage.write_json(cfg.layout.marker(step, _unit_name(unit)), {
-        "step": step, "unit": unit, "fingerprint": expected,
-        "finished": datetime.now(UTC).isoformat(), "info": info,
+def write(lay: Layout, marker: Marker) -> None:
+    storage.write_json(lay.marker(marker.step, _file_name(marker.unit)), {
+        "step": marker.step, "unit": marker.unit, "fingerprint": marker.fingerprint,
+        "finished": datetime.now(UTC).isoformat(), "info": marker.info,
+        "outputs": [stored(lay, u) for u in marker.outputs],
     })
 
 
-def run_marked(
-    fn: Callable[[PipelineConfig, str], dict[str, Any] | None],
-    step: str,
-    expected: str,
-    cfg: PipelineConfig,
-    unit: str,
-) -> dict[str, Any] | None:
-    """Skip ``unit`` when its marker matches; else redo it and write the marker after its outputs."""
-    if not cfg.force and is_complete(cfg, step, unit, expected):
-        return {"skipped": True}
-    info = fn(cfg.model_copy(update={"force": True}), unit) or {}
-    write_marker(cfg, step, unit, expected, {k: v for k, v in info.items() if k != "skipped"})
-    return info
+def upstream(lay: Layout, step: str, unit: str) -> str:
+    """The fingerprint of an upstream unit, which a downstream unit names among its inputs; a unit
+    whose upstream never finished cannot run (:class:`~geofm.errors.NotFoundError`)."""
+    m = read(lay, step, unit)
+    if m is None:
+        raise NotFoundError(f"{unit}: step {step!r} has not finished it (no marker under "
+                            f"{lay.markers_dir(step)}); run {step} first")
+    return m.fingerprint
 
 
-def resumable(
-    fn: Callable[[PipelineConfig, str], dict[str, Any] | None], cfg: PipelineConfig, step: str
-) -> Callable[[PipelineConfig, str], dict[str, Any] | None]:
-    """Wrap a unit function with marker checks (a picklable partial); steps without params pass through."""
-    if step not in STEP_PARAMS:
-        return fn
-    return functools.partial(run_marked, fn, step, digest(fingerprint(cfg, step)))
+def fingerprints(lay: Layout, step: str, prefix: str = "") -> dict[str, str]:
+    """unit -> fingerprint of every finished unit of ``step`` whose name starts with ``prefix``."""
+    out = {}
+    for url in storage.list_files(lay.markers_dir(step), ".json"):
+        unit = _unit_name(url.rsplit("/", 1)[-1])
+        if unit.startswith(prefix) and (m := read(lay, step, unit)) is not None:
+            out[unit] = m.fingerprint
+    return out
+
+
+def inject_fault(step: str, unit: str, point: str) -> None:
+    """Test hook for resilience checks: with ``GEOFM_FAULTS="fail=0.2,kill=0.05,seed=3"`` a unit fails
+    (or its process is killed) at ``point`` with that probability, the same for the same seed, step,
+    unit and point. Unset (always, outside tests) it does nothing."""
+    spec = os.environ.get(FAULTS_ENV)
+    if not spec:
+        return
+    opts = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
+    draw = int(digest([opts.get("seed", "0"), step, unit, point]), 16) / 16 ** 16
+    kill, fail = float(opts.get("kill", 0)), float(opts.get("fail", 0))
+    if draw < kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if draw < kill + fail:
+        raise InjectedFault(f"injected fault ({FAULTS_ENV}) in {step} {unit} {point} its work")
+
+
+def run(lay: Layout, step: str, unit: str, fp: str, work: Callable[[], Any], force: bool = False
+        ) -> tuple[Literal["done", "skipped"], dict[str, Any]]:
+    """Skip ``unit`` when its marker matches ``fp`` and its outputs exist; else run ``work()`` (which
+    returns a :class:`~geofm.steps.base.UnitOutput`), remove the previous run's outputs it no longer
+    writes, and write the marker last."""
+    old = read(lay, step, unit)
+    if not force and old is not None and old.fingerprint == fp and storage.all_exist(old.outputs):
+        return "skipped", old.info
+    inject_fault(step, unit, "before")
+    out = work()
+    inject_fault(step, unit, "after")
+    if old is not None:
+        for url in sorted(set(old.outputs) - set(out.outputs)):
+            storage.remove(url)
+    write(lay, Marker(step, unit, fp, list(out.outputs), dict(out.info)))
+    return "done", out.info

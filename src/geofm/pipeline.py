@@ -1,16 +1,19 @@
 """The whole pipeline as one run: discover, preprocess, embed, analyze, consolidate.
 
-Each step runs its units of work through ``geofm.executors`` (local pool or Ray), which skips units
-whose completion markers match the parameters; the run ends with a summary and a run record under
-``output/<aoi>/runs/`` (parameters, versions, per-step counts, timings and failures).
+The pipeline holds the step objects (:mod:`geofm.steps`) in order and runs each through an executor
+(:mod:`geofm.executors`): ``check`` for every chosen step before any work, then per step ``prepare``,
+the units (each resumable through :mod:`geofm.markers`), ``finish``. It stops after a step whose every
+unit failed, and writes a run record under ``output/<aoi>/runs/`` (parameters, versions, per-step
+counts, timings and failures). It returns reports and prints nothing: progress goes to a
+:class:`~geofm.report.Progress` the caller passes.
 """
 
 from __future__ import annotations
 
-import importlib
 import platform
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -18,17 +21,28 @@ from typing import Any
 
 from geofm import storage
 from geofm.config import PipelineConfig
-from geofm.report import StepReport, UnitResult
+from geofm.errors import ConfigError, GeofmError, InputError, NotFoundError
+from geofm.executors import Executor, UnitTask, executor_for
+from geofm.report import NoProgress, Progress, StepReport
+from geofm.steps.analyze import Analyze
+from geofm.steps.base import Step
+from geofm.steps.consolidate import Consolidate
+from geofm.steps.discover import Discover
+from geofm.steps.embed import Embed
+from geofm.steps.preprocess import Preprocess, planned_chips
 
-STEPS: tuple[str, ...] = ("discover", "preprocess", "embed", "analyze", "consolidate")
-PROCESSING_STEPS: tuple[str, ...] = STEPS[1:]
+STEPS: tuple[Step, ...] = (Discover(), Preprocess(), Embed(), Analyze(), Consolidate())
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 
 
-def step_module(step: str) -> Any:
-    """The module implementing a processing step (``units``, ``process_unit``, ``run``)."""
-    if step not in PROCESSING_STEPS:
-        raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
-    return importlib.import_module(f"geofm.steps.{step}")
+def steps_named(names: Sequence[str] | None = None) -> list[Step]:
+    """The steps of ``names`` (all when None) in pipeline order; unknown names raise naming them."""
+    if names is None:
+        return list(STEPS)
+    unknown = [n for n in names if n not in STEP_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEP_NAMES)}")
+    return [s for s in STEPS if s.name in names]
 
 
 def versions() -> dict[str, str]:
@@ -82,42 +96,28 @@ class RunRecord:
         return "\n".join(lines)
 
 
-def check_inputs(cfg: PipelineConfig, steps: list[str]) -> None:
-    """Check what can be checked before any work; raise ValueError/FileNotFoundError naming the input."""
-    from geofm.aoi import load_aoi
-    from geofm.models.registry import check_weights, get_model_spec
-
-    if "discover" in steps:
-        if not cfg.aoi:
-            raise ValueError("discover needs an AOI: give --aoi FILE (a GeoJSON polygon)")
-        if not (cfg.start_date and cfg.end_date):
-            raise ValueError("discover needs a date range: give --start and --end")
+def check_inputs(cfg: PipelineConfig, steps: Sequence[Step], executor: Executor | None = None) -> None:
+    """Check what can be checked before any work; raise an InputError naming the input."""
+    names = {s.name for s in steps}
     if cfg.aoi:
+        from geofm.aoi import load_aoi
+
         load_aoi(cfg.aoi)
-    if "embed" in steps:
-        spec = get_model_spec(cfg.model)
-        if cfg.chip_size % spec.patch_size:
-            raise ValueError(f"chip_size {cfg.chip_size} is not a multiple of {cfg.model}'s patch size "
-                             f"{spec.patch_size}")
-        check_weights(cfg.model, cfg.checkpoint)  # no weights: say so before hours of chipping
-    if "preprocess" in steps and "discover" not in steps:
-        if not cfg.layout.scene_ids():
-            raise ValueError(f"no scenes in {cfg.layout.scenes_dir}: run discover first (or `geofm synth`)")
+    for step in steps:
+        step.check(cfg)
+    if "preprocess" in names and "discover" not in names and not cfg.layout.scene_ids():
+        raise NotFoundError(f"no scenes in {cfg.layout.scenes_dir}: run discover first (or `geofm synth`)")
     storage.ensure_writable(cfg.layout.output_dir)
-    if cfg.executor == "ray":
-        from geofm.ray_executor import connect
-
-        connect(cfg)  # a wrong address fails here, naming it, before any work
+    if executor is not None:
+        executor.check()  # e.g. a wrong Ray address fails here, naming it, before any work
 
 
-def plan(cfg: PipelineConfig, steps: list[str]) -> dict[str, Any]:
+def plan(cfg: PipelineConfig, steps: Sequence[Step]) -> dict[str, Any]:
     """What a run would do: scenes and units of work per step, from what is on disk now."""
     out: dict[str, Any] = {"output": cfg.layout.output_dir, "steps": {}}
     scenes = cfg.layout.scene_ids()
     out["scenes"] = scenes
-    if "preprocess" in steps:
-        from geofm.steps.preprocess import planned_chips
-
+    if any(s.name == "preprocess" for s in steps):
         chips: dict[str, int | str] = {}
         for sid in scenes:
             try:
@@ -127,68 +127,91 @@ def plan(cfg: PipelineConfig, steps: list[str]) -> dict[str, Any]:
         out["chips_per_scene"] = chips
         out["chips"] = sum(n for n in chips.values() if isinstance(n, int))
     for step in steps:
-        if step == "discover":
-            out["steps"][step] = f"search {cfg.stac_url} collection {cfg.collection}"
+        if isinstance(step, Discover):
+            out["steps"][step.name] = f"search {cfg.stac_url} collection {cfg.collection}"
             continue
         try:
-            units = step_module(step).units(cfg)
-            out["steps"][step] = f"{len(units)} units of work"
+            out["steps"][step.name] = f"{len(step.units(cfg))} units of work"
         except Exception as exc:  # later steps' units exist only after earlier steps ran
-            out["steps"][step] = f"units known after the previous step ({type(exc).__name__})"
+            out["steps"][step.name] = f"units known after the previous step ({type(exc).__name__})"
     return out
 
 
-def run_step(cfg: PipelineConfig, step: str, quiet: bool = False) -> StepReport:
-    """Run one step; discovery is a single unit, the others go through their module's ``run``."""
-    if step == "discover":
-        from geofm.stac import discover
+def run_step(step: Step, cfg: PipelineConfig, executor: Executor | None = None,
+             progress: Progress | None = None) -> StepReport:
+    """One step: ``prepare``, its units through ``executor`` (local by default), ``finish``.
 
-        start = time.perf_counter()
-        report = StepReport("discover")
-        try:
-            items = discover(cfg)
-            report.results.append(UnitResult("search", "done", info={"scenes": len(items)}))
-        except ValueError:  # input errors (bad AOI, no scenes found) come before any work: raised
-            raise
-        except Exception as exc:  # recorded: the run stops after a failed discovery
-            report.results.append(UnitResult("search", "failed", error=f"{type(exc).__name__}: {exc}"))
-        report.seconds = time.perf_counter() - start
-        return report
-    return step_module(step).run(cfg, quiet=quiet)
-
-
-def run_pipeline(
-    cfg: PipelineConfig, steps: list[str] | None = None, quiet: bool = False, run_id: str | None = None
-) -> RunRecord:
-    """Run the steps in order, stop after a step whose every unit failed, and write the run record."""
-    steps = list(steps or STEPS)
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        raise ValueError(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEPS)}")
-    steps = [s for s in STEPS if s in steps]
-    run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    record = RunRecord(run_id, cfg.model_dump(mode="json"), steps, datetime.now(UTC).isoformat())
+    Results are in unit order; what ``prepare`` and ``finish`` did is reported like units."""
+    progress = progress or NoProgress()
+    own = executor is None
+    executor = executor or executor_for(cfg)
     start = time.perf_counter()
-    input_error = False
+    report = StepReport(step.name)
     try:
-        for step in steps:
-            report = run_step(cfg, step, quiet=quiet)
-            record.reports.append(report)
-            if report.results and report.count("failed") == len(report.results):
-                record.error = f"every unit of {step} failed; later steps not run"
-                break
+        report.results += step.prepare(cfg)
+        if not report.failed:
+            units = step.units(cfg)
+            progress.start(step.name, len(units))
+            done = []
+
+            def on_result(r: Any) -> None:
+                done.append(r)
+                progress.advance(r)
+
+            executor.map(UnitTask(step, cfg), units, on_result)
+            order = {u: i for i, u in enumerate(units)}
+            report.results += sorted(done, key=lambda r: order.get(r.unit, len(order)))
+            report.results += step.finish(cfg, report)
+    finally:
+        if own:
+            executor.close()
+    report.seconds = time.perf_counter() - start
+    progress.end(report)
+    return report
+
+
+def refused(report: StepReport) -> GeofmError | None:
+    """The input error of a step whose every unit failed on its input (e.g. no scenes found), which
+    refuses the run as an input error would before any work; None otherwise."""
+    if not report.all_failed or any(r.error_kind not in ("input", "not-found") for r in report.results):
+        return None
+    first = report.results[0]
+    message = (first.error or "").split(": ", 1)[-1]
+    return InputError(message) if first.error_kind == "input" else NotFoundError(message)
+
+
+def run_pipeline(cfg: PipelineConfig, steps: Sequence[str] | None = None, progress: Progress | None = None,
+                 run_id: str | None = None) -> RunRecord:
+    """Check every chosen step, run them in order, stop after a step whose every unit failed, and write
+    the run record. Input errors found before any work (and a first step refused on its inputs)
+    raise and write nothing."""
+    chosen = steps_named(steps)
+    now = datetime.now(UTC)  # ids sort in start order, to the millisecond
+    run_id = run_id or f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{uuid.uuid4().hex[:6]}"
+    record = RunRecord(run_id, cfg.model_dump(mode="json"), [s.name for s in chosen],
+                       datetime.now(UTC).isoformat())
+    start = time.perf_counter()
+    write_record = True
+    try:
+        with executor_for(cfg) as executor:
+            check_inputs(cfg, chosen, executor)
+            for step in chosen:
+                report = run_step(step, cfg, executor, progress)
+                error = refused(report)
+                if error is not None and not record.reports:
+                    raise error  # nothing was done: the run is refused, as before any work
+                record.reports.append(report)
+                if report.all_failed:
+                    record.error = f"every unit of {step.name} failed; later steps not run"
+                    break
     except Exception as exc:
         record.error = f"{type(exc).__name__}: {exc}"
-        # an input error before any step did work (e.g. no scenes found) writes nothing, not even a record
-        input_error = isinstance(exc, ValueError) and not record.reports
+        # refused before any step did work (bad input, no scenes, no cluster): nothing is written
+        write_record = not (isinstance(exc, GeofmError) and not record.reports)
         raise
     finally:
-        if cfg.executor == "ray":
-            from geofm.ray_executor import shutdown
-
-            shutdown()
         record.seconds = time.perf_counter() - start
         record.finished = datetime.now(UTC).isoformat()
-        if not input_error:
+        if write_record:
             storage.write_json(cfg.layout.run_record(run_id), record.to_dict())
     return record

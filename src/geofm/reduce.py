@@ -13,13 +13,14 @@ machines).
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass
 
 import numpy as np
 
 from geofm import storage
+from geofm.digest import digest_bytes
+from geofm.errors import InputError, NotFoundError
 
 _FLOAT64_MAX_VALUES = 250_000_000
 
@@ -34,7 +35,6 @@ class PCAModel:
     kind: str  # the embedding kind it was fitted on: "patch" or "cls"
     sample_size: int  # rows actually used
     seed: int
-    fingerprint: str = ""  # what it was fitted on (see geofm.steps.analyze), to reuse it on reruns
 
     @property
     def n_components(self) -> int:
@@ -50,33 +50,31 @@ class PCAModel:
         one = x.ndim == 1
         x = x.reshape(1, -1) if one else x.reshape(x.shape[0], -1)
         if x.shape[1] != self.n_features:
-            raise ValueError(f"PCA was fitted on {self.n_features} features, got rows of {x.shape[1]}")
+            raise InputError(f"PCA was fitted on {self.n_features} features, got rows of {x.shape[1]}")
         out = (x - self.mean) @ self.components.T
         return out[0] if one else out
 
     @property
     def model_id(self) -> str:
         """A short digest of the model's numbers: equal ids mean identical projections."""
-        h = hashlib.sha256(self.mean.tobytes())
-        h.update(self.components.tobytes())
-        return h.hexdigest()[:16]
+        return digest_bytes(self.mean.tobytes(), self.components.tobytes())
 
 
 def fit_pca(x: np.ndarray, n_components: int, kind: str = "patch", seed: int = 0,
-            fingerprint: str = "", overwrite: bool = False) -> PCAModel:
+            overwrite: bool = False) -> PCAModel:
     """Fit PCA on rows ``x`` [n, F]; needs at least 2 rows and n_components <= min(n - 1, F).
 
     ``overwrite`` lets a large float32 sample be centred in place (no second copy in memory)."""
     x = np.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"PCA needs a 2-D sample [rows, features], got shape {x.shape}")
+        raise InputError(f"PCA needs a 2-D sample [rows, features], got shape {x.shape}")
     n, f = x.shape
     if n < 2:
-        raise ValueError(f"PCA needs at least 2 sample rows, got {n}")
+        raise InputError(f"PCA needs at least 2 sample rows, got {n}")
     if not np.all(np.isfinite(x)):
-        raise ValueError("PCA sample contains NaN or infinite values")
+        raise InputError("PCA sample contains NaN or infinite values")
     if n_components > min(n - 1, f):
-        raise ValueError(f"n_components {n_components} exceeds what {n} rows of {f} features support "
+        raise InputError(f"n_components {n_components} exceeds what {n} rows of {f} features support "
                          f"({min(n - 1, f)}); lower n_components or raise pca_sample_size")
     mean = x.mean(axis=0, dtype=np.float64)
     # float64 while the centred sample fits in 2 GB, float32 beyond (Clay patch embeddings)
@@ -105,7 +103,7 @@ def fit_pca(x: np.ndarray, n_components: int, kind: str = "patch", seed: int = 0
     idx = np.argmax(np.abs(comps), axis=1)
     comps *= np.sign(comps[np.arange(len(idx)), idx])[:, None]
     ratio = vals / total if total > 0 else np.zeros_like(vals)
-    return PCAModel(mean, comps, ratio, kind, n, seed, fingerprint)
+    return PCAModel(mean, comps, ratio, kind, n, seed)
 
 
 def save_pca(model: PCAModel, url: str) -> None:
@@ -113,19 +111,17 @@ def save_pca(model: PCAModel, url: str) -> None:
     buf = io.BytesIO()
     np.savez(buf, mean=model.mean, components=model.components,
              explained_variance_ratio=model.explained_variance_ratio, kind=np.str_(model.kind),
-             sample_size=np.int64(model.sample_size), seed=np.int64(model.seed),
-             fingerprint=np.str_(model.fingerprint))
+             sample_size=np.int64(model.sample_size), seed=np.int64(model.seed))
     storage.write_bytes(url, buf.getvalue())
 
 
 def load_pca(url: str) -> PCAModel:
     """Read a model written by :func:`save_pca`; a missing or broken file raises naming the URL."""
     if not storage.exists(url):
-        raise FileNotFoundError(f"PCA model not found: {url} (step 3 fits it before its units of work)")
+        raise NotFoundError(f"PCA model not found: {url} (step 3 fits it before its units of work)")
     try:
         with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as z:
             return PCAModel(z["mean"], z["components"], z["explained_variance_ratio"], str(z["kind"]),
-                            int(z["sample_size"]), int(z["seed"]),
-                            str(z["fingerprint"]) if "fingerprint" in z else "")
+                            int(z["sample_size"]), int(z["seed"]))
     except (ValueError, KeyError, OSError) as exc:
-        raise ValueError(f"{url}: not a PCA model file ({exc})") from exc
+        raise InputError(f"{url}: not a PCA model file ({exc})") from exc

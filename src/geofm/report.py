@@ -1,11 +1,24 @@
-"""Outcomes of units of work and of whole steps, shared by steps, executors and the CLI."""
+"""Outcomes of units of work and of whole steps, shared by steps, executors, the pipeline and the CLI;
+and the progress protocol through which a caller (the CLI) watches a step without the library printing."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+from geofm.errors import GeofmError, InputError, NotFoundError
 
 Status = Literal["done", "skipped", "failed"]
+ErrorKind = Literal["input", "not-found", "backend", "crash"]
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """How a unit's exception is classed in its result (input errors can refuse a run: exit 2)."""
+    if isinstance(exc, InputError):
+        return "input"
+    if isinstance(exc, NotFoundError):
+        return "not-found"
+    return "backend" if isinstance(exc, GeofmError) else "crash"
 
 
 @dataclass
@@ -18,6 +31,7 @@ class UnitResult:
     attempts: int = 1
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    error_kind: ErrorKind | None = None
 
 
 @dataclass
@@ -39,6 +53,10 @@ class StepReport:
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def all_failed(self) -> bool:
+        return bool(self.results) and len(self.failed) == len(self.results)
+
     def summary(self) -> str:
         s = (f"{self.step}: {self.count('done')} done, {self.count('skipped')} skipped, "
              f"{self.count('failed')} failed")
@@ -50,3 +68,26 @@ class StepReport:
         return {"step": self.step, "seconds": self.seconds,
                 "counts": {k: self.count(k) for k in ("done", "skipped", "failed")},
                 "results": [asdict(r) for r in self.results]}
+
+
+class Progress(Protocol):
+    """Watches a step's units; the CLI draws a progress bar with it, library callers pass nothing."""
+
+    def start(self, step: str, total: int) -> None: ...
+
+    def advance(self, result: UnitResult) -> None: ...
+
+    def end(self, report: StepReport) -> None: ...
+
+
+class NoProgress:
+    """The silent :class:`Progress` of library calls."""
+
+    def start(self, step: str, total: int) -> None:
+        pass
+
+    def advance(self, result: UnitResult) -> None:
+        pass
+
+    def end(self, report: StepReport) -> None:
+        pass

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from geofm.errors import InputError
+
 PROCESSING_LEVEL = "l2a"
 NODATA = 0  # DN value meaning "no data" in every L2A band COG and in SCL
 REFLECTANCE_SCALE = 10000.0  # DN = reflectance x 10000
@@ -77,7 +79,7 @@ def band(name: str) -> Band:
     """Look a band up by asset key (``red``) or ESA id (``B04``); unknown names raise with the list."""
     found = BANDS_BY_NAME.get(name) or BANDS_BY_ID.get(name.upper())
     if found is None:
-        raise ValueError(f"unknown Sentinel-2 band {name!r}; known: {', '.join(L2A_BANDS)}")
+        raise InputError(f"unknown Sentinel-2 band {name!r}; known: {', '.join(L2A_BANDS)}")
     return found
 
 
@@ -119,7 +121,7 @@ def parse_scene_id(scene_id: str) -> SceneId:
     """Split a scene id into platform, MGRS grid, date, sequence and level; bad ids raise naming the id."""
     m = _SCENE_ID.match(scene_id)
     if m is None:
-        raise ValueError(
+        raise InputError(
             f"not a Sentinel-2 scene id: {scene_id!r} (expected like S2A_20LPP_20220606_0_L2A)"
         )
     return SceneId(
@@ -152,7 +154,7 @@ def processing_baseline(properties: dict[str, Any]) -> tuple[int, int] | None:
         major, minor = str(raw).split(".")
         return int(major), int(minor)
     except ValueError as exc:
-        raise ValueError(f"unreadable s2:processing_baseline {raw!r}") from exc
+        raise InputError(f"unreadable s2:processing_baseline {raw!r}") from exc
 
 
 def boa_offset_to_subtract(properties: dict[str, Any]) -> int:

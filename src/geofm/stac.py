@@ -1,5 +1,5 @@
-"""Step 0, scene discovery: search a STAC API for Sentinel-2 scenes over the AOI, keep one processing
-of each tile and date, and write the items and the AOI to the input layout."""
+"""Searching a STAC API for Sentinel-2 scenes over an AOI and keeping one processing of each tile and
+date (the work of step 0, :mod:`geofm.steps.discover`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pystac_client.conformance import ConformanceClasses
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from geofm import storage
-from geofm.aoi import AoiError, load_aoi, to_feature_collection
 from geofm.config import PipelineConfig
+from geofm.errors import NotFoundError, StacError
 from geofm.sentinel2 import parse_scene_id, processing_baseline
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def _keep(item: dict[str, Any], cfg: PipelineConfig, aoi: BaseGeometry) -> bool:
     return geom is None or shape(geom).intersects(aoi)
 
 
-def _describe(cfg: PipelineConfig) -> str:
+def describe(cfg: PipelineConfig) -> str:
     parts = [f"collection {cfg.collection!r}", f"AOI {cfg.aoi}",
              f"dates {cfg.start_date or '..'} to {cfg.end_date or '..'}",
              f"eo:cloud_cover < {cfg.max_cloud_cover:g}"]
@@ -111,7 +110,7 @@ def search(
     try:
         client = Client.open(cfg.stac_url, timeout=30)
     except Exception as exc:  # APIError, requests' connection errors, bad JSON...
-        raise RuntimeError(f"STAC API {cfg.stac_url} did not answer: {exc}") from exc
+        raise StacError(f"STAC API {cfg.stac_url} did not answer: {exc}") from exc
     kwargs: dict[str, Any] = {"collections": [cfg.collection], "intersects": mapping(aoi), "limit": page_size}
     if cfg.start_date or cfg.end_date:
         kwargs["datetime"] = f"{cfg.start_date or '..'}/{cfg.end_date or '..'}"
@@ -120,23 +119,17 @@ def search(
     try:
         found = list(client.search(**kwargs).items_as_dicts())
     except Exception as exc:
-        raise RuntimeError(f"STAC search at {cfg.stac_url} failed: {exc}") from exc
+        raise StacError(f"STAC search at {cfg.stac_url} failed: {exc}") from exc
     return [it for it in found if _keep(it, cfg, aoi)]
 
 
-def discover(cfg: PipelineConfig, page_size: int = DEFAULT_PAGE_SIZE) -> list[dict[str, Any]]:
-    """Find the scenes of ``cfg`` and write them (and the AOI) to the input layout; returns the items."""
-    if not cfg.aoi:
-        raise AoiError("discover needs an AOI: give --aoi FILE (a GeoJSON polygon in EPSG:4326)")
-    aoi = load_aoi(cfg.aoi)
+def find_scenes(cfg: PipelineConfig, aoi: BaseGeometry, page_size: int = DEFAULT_PAGE_SIZE
+                ) -> list[dict[str, Any]]:
+    """The scenes of ``cfg`` over ``aoi``: searched, filtered, deduplicated, at most ``max_items``;
+    none found raises :class:`~geofm.errors.NotFoundError` describing the search."""
     items = deduplicate(search(cfg, aoi, page_size))
     if cfg.max_items:
         items = items[: cfg.max_items]
     if not items:
-        raise ValueError(f"no scenes found at {cfg.stac_url} for {_describe(cfg)}")
-    lay = cfg.layout
-    for item in items:
-        storage.write_json(lay.scene_metadata(item["id"]), item)
-    storage.write_json(lay.aoi_geojson, to_feature_collection(aoi, cfg.aoi_name))
-    log.info("%d scenes written to %s", len(items), lay.scenes_dir)
+        raise NotFoundError(f"no scenes found at {cfg.stac_url} for {describe(cfg)}")
     return items

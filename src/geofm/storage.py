@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import fsspec
 
+from geofm.errors import InputError
+
 
 def is_s3(url: str) -> bool:
     return str(url).startswith("s3://")
@@ -60,6 +62,28 @@ def exists(url: str) -> bool:
     return filesystem(url).exists(url)
 
 
+def all_exist(urls: list[str]) -> bool:
+    """Whether every URL exists: local files by ``stat``, object storage by one listing per folder
+    (not one request per file: a scene's chips are thousands of objects)."""
+    remote: dict[str, set[str]] = {}
+    for url in urls:
+        if not is_remote(url):
+            if not os.path.exists(_local(url)):
+                return False
+        else:
+            folder, _, name = url.rstrip("/").rpartition("/")
+            remote.setdefault(folder, set()).add(name)
+    for folder, names in remote.items():
+        try:
+            entries = filesystem(folder).ls(folder, detail=True, refresh=True)
+            listed = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries}
+        except FileNotFoundError:
+            return False
+        if not names <= listed:
+            return False
+    return True
+
+
 def version(url: str) -> str:
     """Size and modification stamp of a file (local or s3): tells when a cached copy is stale."""
     info = filesystem(url).info(_local(url) if not is_remote(url) else url)
@@ -83,7 +107,7 @@ def read_json(url: str) -> Any:
     try:
         return json.loads(read_bytes(url))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{url}: not valid JSON ({exc})") from exc
+        raise InputError(f"{url}: not valid JSON ({exc})") from exc
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -208,16 +232,16 @@ def ensure_writable(url: str) -> None:
         path = Path(_local(url)).absolute()
         ancestor = next(p for p in (path, *path.parents) if p.exists())
         if not ancestor.is_dir():
-            raise PermissionError(f"output location {url!r} is not writable: {ancestor} is a file")
+            raise InputError(f"output location {url!r} is not writable: {ancestor} is a file")
         if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise PermissionError(f"output location {url!r} is not writable: no permission on {ancestor}")
+            raise InputError(f"output location {url!r} is not writable: no permission on {ancestor}")
         return
     probe = url.rstrip("/") + f"/.geofm-write-probe-{uuid.uuid4().hex}"
     try:
         write_bytes(probe, b"ok")
         remove(probe)
     except Exception as exc:  # any backend error means "not writable" to the user
-        raise PermissionError(f"output location {url!r} is not writable: {exc}") from exc
+        raise InputError(f"output location {url!r} is not writable: {exc}") from exc
 
 
 def gdal_env(*hrefs: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from geofm.errors import InputError
 from geofm.sentinel2 import REFLECTANCE_SCALE
 
 # The one stretch: reflectance STRETCH_MIN..STRETCH_MAX maps to 0..1, then a gamma brightens dark land.
@@ -29,7 +30,7 @@ def to_uint8(dn: np.ndarray) -> np.ndarray:
 def rgb_png(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> bytes:
     """PNG (RGBA) bytes of three equally shaped DN arrays; alpha 0 where any of them is nodata."""
     if not (red.shape == green.shape == blue.shape) or red.ndim != 2:
-        raise ValueError(f"rgb_png needs three 2-D arrays of one shape, got {red.shape}, {green.shape}, "
+        raise InputError(f"rgb_png needs three 2-D arrays of one shape, got {red.shape}, {green.shape}, "
                          f"{blue.shape}")
     nodata = np.isnan(red) | np.isnan(green) | np.isnan(blue)
     rgba = np.dstack([to_uint8(red), to_uint8(green), to_uint8(blue),

@@ -12,12 +12,11 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-import lancedb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from lancedb.index import BTree, IvfHnswSq, IvfPq, IvfSq
 
+from geofm.errors import ConfigError, InputError, NotFoundError, VectorDBError
 from geofm.storage import lancedb_storage_options
 
 DEFAULT_TABLE = "vector_db"
@@ -26,6 +25,7 @@ SCALAR_INDEX_COLUMNS = ("chip_id", "date", "mgrs_grid")
 # BENCHMARKS.md) it builds ~10x faster than IVF-PQ on 2 cores with higher recall at the same latency.
 VECTOR_INDEX_TYPES = ("IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ")
 DEFAULT_INDEX_TYPE = "IVF_SQ"
+DEFAULT_INDEX_MIN_ROWS = 100_000  # below this an exact scan is fast enough and needs no training
 # ANN search knobs: probe enough IVF partitions and re-rank with exact distances so recall stays high.
 DEFAULT_NPROBES = 20
 DEFAULT_REFINE_FACTOR = 10
@@ -34,12 +34,11 @@ DEFAULT_REFINE_FACTOR = 10
 EXACT_FILTERED_MAX_ROWS = 50_000
 
 
-class VectorDBError(ValueError):
-    """A search or load request that cannot be served; the message names the input."""
+def connect(uri: str) -> Any:
+    """Open (or create) the LanceDB database at a local folder or ``s3://`` URI (LanceDB is imported
+    here, not at module import: its runtime must not exist in a process that forks workers)."""
+    import lancedb
 
-
-def connect(uri: str) -> lancedb.DBConnection:
-    """Open (or create) the LanceDB database at a local folder or ``s3://`` URI."""
     return lancedb.connect(uri, storage_options=lancedb_storage_options(uri) or None)
 
 
@@ -57,7 +56,7 @@ def open_table(db_uri: str, table: str = DEFAULT_TABLE) -> Any:
     db = connect(db_uri)
     names = list(db.list_tables().tables)
     if table not in names:
-        raise VectorDBError(f"no table {table!r} in vector DB {db_uri!r} (tables: {names or 'none'})")
+        raise NotFoundError(f"no table {table!r} in vector DB {db_uri!r} (tables: {names or 'none'})")
     return db.open_table(table)
 
 
@@ -75,6 +74,8 @@ def pq_sub_vectors(dim: int) -> int:
 
 def vector_index_config(kind: str, n_rows: int, dim: int) -> Any:
     """The cosine ANN index of a kind (``IVF_SQ``, ``IVF_PQ`` or ``IVF_HNSW_SQ``) sized for ``n_rows``."""
+    from lancedb.index import IvfHnswSq, IvfPq, IvfSq
+
     parts = ivf_partitions(n_rows)
     if kind == "IVF_SQ":
         return IvfSq(distance_type="cosine", num_partitions=parts)
@@ -82,11 +83,13 @@ def vector_index_config(kind: str, n_rows: int, dim: int) -> Any:
         return IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=pq_sub_vectors(dim))
     if kind == "IVF_HNSW_SQ":
         return IvfHnswSq(distance_type="cosine", num_partitions=max(1, n_rows // 100_000))
-    raise VectorDBError(f"unknown vector index type {kind!r}; use one of {', '.join(VECTOR_INDEX_TYPES)}")
+    raise ConfigError(f"unknown vector index type {kind!r}; use one of {', '.join(VECTOR_INDEX_TYPES)}")
 
 
 def build_indices(tbl: Any, index_min_rows: int, index_type: str = DEFAULT_INDEX_TYPE) -> dict[str, Any]:
     """Scalar (BTree) indices on chip_id/date/mgrs_grid; a cosine ANN index from ``index_min_rows``."""
+    from lancedb.index import BTree
+
     n = tbl.count_rows()
     names = set(tbl.schema.names)
     for col in SCALAR_INDEX_COLUMNS:
@@ -120,8 +123,8 @@ def rows_table(df: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
 
 
 def replace_aoi_rows(
-    db_uri: str, rows: pa.Table, aoi_name: str, table: str = DEFAULT_TABLE, index_min_rows: int = 100_000,
-    index_type: str = DEFAULT_INDEX_TYPE,
+    db_uri: str, rows: pa.Table, aoi_name: str, table: str = DEFAULT_TABLE,
+    index_min_rows: int = DEFAULT_INDEX_MIN_ROWS, index_type: str = DEFAULT_INDEX_TYPE,
 ) -> dict[str, Any]:
     """Write ``rows`` (all of one AOI) in one commit, replacing that AOI's earlier rows, then index.
 
@@ -179,12 +182,12 @@ def parse_bbox(bbox: Sequence[float] | str) -> tuple[float, float, float, float]
     try:
         vals = [float(v) for v in (bbox.split(",") if isinstance(bbox, str) else bbox)]
     except (TypeError, ValueError):
-        raise VectorDBError(f"bbox {bbox!r}: expected four numbers minx,miny,maxx,maxy") from None
+        raise InputError(f"bbox {bbox!r}: expected four numbers minx,miny,maxx,maxy") from None
     if len(vals) != 4:
-        raise VectorDBError(f"bbox {bbox!r}: expected four numbers minx,miny,maxx,maxy, got {len(vals)}")
+        raise InputError(f"bbox {bbox!r}: expected four numbers minx,miny,maxx,maxy, got {len(vals)}")
     minx, miny, maxx, maxy = vals
     if minx > maxx or miny > maxy:
-        raise VectorDBError(f"bbox {bbox!r}: min exceeds max")
+        raise InputError(f"bbox {bbox!r}: min exceeds max")
     return minx, miny, maxx, maxy
 
 
@@ -200,11 +203,11 @@ def query_vector(
         dates = tbl.search().where(f"chip_id = {_sql_str(chip_id)}").select(["date"]).limit(10_000) \
             .to_pandas()
         if dates.empty:
-            raise VectorDBError(f"chip {chip_id!r} is not in the vector DB")
+            raise NotFoundError(f"chip {chip_id!r} is not in the vector DB")
         known = ", ".join(sorted({str(pd.Timestamp(d).date()) for d in dates["date"]}))
-        raise VectorDBError(f"chip {chip_id!r} has no row for date {str(date_)[:10]}; its dates: {known}")
+        raise NotFoundError(f"chip {chip_id!r} has no row for date {str(date_)[:10]}; its dates: {known}")
     if len(hits) > 1:
-        raise VectorDBError(
+        raise NotFoundError(
             f"chip {chip_id!r} at {str(date_)[:10]} exists in several MGRS grids "
             f"({', '.join(sorted(hits['mgrs_grid']))}); pass grids=[...] (--grid) to choose one"
         )
@@ -238,14 +241,14 @@ def search(
     columns except the vector.
     """
     if k < 1:
-        raise VectorDBError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     if min_score is not None and not -1.0 <= min_score <= 1.0:
-        raise VectorDBError(f"min_score must lie in [-1, 1], got {min_score}")
+        raise InputError(f"min_score must lie in [-1, 1], got {min_score}")
     tbl = open_table(db_uri, table)
     where = _filters(None, date_range, grids, bbox)
     if vector is None:
         if chip_id is None or date is None:
-            raise VectorDBError("search needs chip_id and date, or a vector")
+            raise InputError("search needs chip_id and date, or a vector")
         qvec, qrow = query_vector(tbl, chip_id, date, grids)
         if exclude_query_chip:
             where.append(f"NOT (chip_id = {_sql_str(chip_id)} AND mgrs_grid = {_sql_str(qrow['mgrs_grid'])})")
@@ -253,11 +256,11 @@ def search(
         qvec = np.asarray(vector, dtype=np.float32).ravel()
         dim = tbl.schema.field("vector").type.list_size
         if qvec.shape[0] != dim:
-            raise VectorDBError(f"query vector has {qvec.shape[0]} values; the table holds {dim}-d vectors")
+            raise InputError(f"query vector has {qvec.shape[0]} values; the table holds {dim}-d vectors")
         if chip_id is not None and exclude_query_chip:
             where.append(f"chip_id != {_sql_str(chip_id)}")
     if not np.all(np.isfinite(qvec)) or not np.any(qvec):
-        raise VectorDBError("query vector is zero or not finite; cosine similarity is undefined")
+        raise InputError("query vector is zero or not finite; cosine similarity is undefined")
     q = tbl.search(qvec, vector_column_name="vector").distance_type("cosine").limit(k)
     if where:
         q = q.where(" AND ".join(where), prefilter=True)

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from geofm.config import parse_set_options, validation_message
+from geofm.errors import ConfigError, NotFoundError
 from geofm.finetune.config import SegmentationConfig
 
 finetune_app = typer.Typer(
@@ -19,7 +20,6 @@ finetune_app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 out_console = Console()
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Segmentation YAML (see examples/).")]
@@ -28,27 +28,14 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="Trained checkpoint (.ckpt).")]
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
-
-
 def load_segmentation_config(path: Path, sets: list[str] | None) -> SegmentationConfig:
-    """YAML file plus ``--set key=value`` overrides (values parsed as YAML); bad input exits 2."""
-    overrides: dict[str, Any] = {}
-    for item in sets or []:
-        if "=" not in item:
-            _fail(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in SegmentationConfig.model_fields:
-            _fail(f"unknown parameter {key!r} in --set")
-        overrides[key] = yaml.safe_load(value)
+    """YAML file plus ``--set key=value`` overrides (the pipeline's ``--set`` parser); bad values raise
+    :class:`~geofm.errors.ConfigError` naming the file and the parameter."""
+    overrides = parse_set_options(sets, SegmentationConfig)
     try:
         return SegmentationConfig.from_yaml(path, **overrides)
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
-        _fail(f"{path}: {exc}")
-        raise  # unreachable
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_message(exc)}") from None
 
 
 def print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -71,11 +58,7 @@ def train(config: ConfigOpt, set_: SetOpt = None, quiet: QuietOpt = False) -> No
     from geofm.finetune.train import train as run_train
 
     cfg = load_segmentation_config(config, set_)
-    try:
-        result = run_train(cfg, quiet=quiet)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
+    result = run_train(cfg, quiet=quiet)
     for split, metrics in result.metrics.items():
         print_metrics(f"{split} (best checkpoint)", metrics)
     out_console.print(f"best checkpoint: {result.best_checkpoint}")
@@ -93,11 +76,7 @@ def evaluate(
     from geofm.finetune.train import evaluate as run_evaluate
 
     cfg = load_segmentation_config(config, set_)
-    try:
-        metrics = run_evaluate(cfg, checkpoint, split)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
+    metrics = run_evaluate(cfg, checkpoint, split)
     print_metrics(f"{split}: {checkpoint}", metrics)
     if out:
         out.write_text(json.dumps(metrics, indent=2))
@@ -120,17 +99,13 @@ def predict(
     from geofm.finetune.module import load_module
     from geofm.finetune.predict import predict_rasters
 
-    try:
-        paths = expand_images(inputs)
-        if scene:
-            paths = [p for p in paths if Path(p).name.startswith(scene)]
-            if not paths:
-                _fail(f"no input starts with scene {scene!r}")
-        module = load_module(checkpoint, map_location=device).to(device)
-        pred = predict_rasters(module, paths, out, probabilities, tile, overlap, batch_size)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
+    paths = expand_images(inputs)
+    if scene:
+        paths = [p for p in paths if Path(p).name.startswith(scene)]
+        if not paths:
+            raise NotFoundError(f"no input starts with scene {scene!r}")
+    module = load_module(checkpoint, map_location=device).to(device)
+    pred = predict_rasters(module, paths, out, probabilities, tile, overlap, batch_size)
     counts = {
         module.cfg.class_names[i]: int((pred.classes == i).sum()) for i in range(module.cfg.num_classes)
     }

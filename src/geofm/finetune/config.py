@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from geofm.config import read_yaml_mapping
+from geofm.models.spec import get_model_spec
 from geofm.sentinel2 import band
 
 
@@ -130,8 +131,10 @@ class SegmentationConfig(BaseModel):
         ids = [c.id for c in self.classes]
         if len(set(ids)) != len(ids):
             raise ValueError(f"class ids repeat in the class table: {ids}")
-        if self.chip_size % 8:
-            raise ValueError(f"chip_size {self.chip_size} is not a multiple of the patch size 8")
+        patch = get_model_spec(self.model).patch_size
+        if self.chip_size % patch:
+            raise ValueError(f"chip_size {self.chip_size} is not a multiple of {self.model}'s patch size "
+                             f"{patch}")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave blocks for training")
         if not self.images:

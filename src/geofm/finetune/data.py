@@ -28,6 +28,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
+from geofm.errors import InputError, NotFoundError
 from geofm.finetune.config import SegmentationConfig
 from geofm.models import registry
 from geofm.sentinel2 import BANDS_BY_ID, BANDS_BY_NAME, Band
@@ -70,10 +71,10 @@ def expand_images(patterns: Sequence[str]) -> list[str]:
             found = sorted(glob.glob(pat, recursive=True))
         else:
             if not p.is_file():
-                raise FileNotFoundError(f"image raster not found: {pat}")
+                raise NotFoundError(f"image raster not found: {pat}")
             found = [pat]
         if not found:
-            raise FileNotFoundError(f"no image rasters match {pat!r}")
+            raise NotFoundError(f"no image rasters match {pat!r}")
         out.extend(found)
     return list(dict.fromkeys(out))
 
@@ -85,13 +86,13 @@ def raster_info(path: str, bands: Sequence[str] | None = None) -> RasterInfo:
     try:
         src = rasterio.open(path)
     except rasterio.RasterioIOError as exc:
-        raise ValueError(f"{path}: not a readable raster ({exc})") from exc
+        raise InputError(f"{path}: not a readable raster ({exc})") from exc
     with src:
         if src.crs is None:
-            raise ValueError(f"{path}: raster has no CRS")
+            raise InputError(f"{path}: raster has no CRS")
         names = tuple(bands) if bands else tuple(d or "" for d in src.descriptions)
         if len(names) != src.count or not all(names):
-            raise ValueError(
+            raise InputError(
                 f"{path}: {src.count} bands but band names {list(names)}; set `bands` in the config"
             )
         stamp = src.tags().get("datetime") or src.tags().get("TIFFTAG_DATETIME")
@@ -105,12 +106,12 @@ def _netcdf_info(path: str) -> RasterInfo:
         x = ds["x"].values
         y = ds["y"].values
         if len(x) < 2 or len(y) < 2:
-            raise ValueError(f"{path}: NetCDF chip has fewer than 2 pixels along x or y")
+            raise InputError(f"{path}: NetCDF chip has fewer than 2 pixels along x or y")
         rx, ry = float(x[1] - x[0]), float(y[1] - y[0])
         transform = Affine(rx, 0, float(x[0]) - rx / 2, 0, ry, float(y[0]) - ry / 2)
         crs_text = ds.attrs.get("crs") or ds["spatial_ref"].attrs.get("crs_wkt")
         if not crs_text:
-            raise ValueError(f"{path}: NetCDF chip has no crs attribute nor spatial_ref")
+            raise InputError(f"{path}: NetCDF chip has no crs attribute nor spatial_ref")
         names = ds.attrs.get("bands")
         if names is None:
             names = [v for v in ds.data_vars if v in BANDS_BY_NAME]
@@ -141,7 +142,7 @@ def model_bands(names: Sequence[str]) -> list[tuple[int, Band]]:
         if b is not None and b.clay_mean is not None and b.clay_std is not None:
             out.append((i, b))
     if not out:
-        raise ValueError(f"none of the bands {list(names)} has Clay statistics; name them (e.g. B02 or blue)")
+        raise InputError(f"none of the bands {list(names)} has Clay statistics; name them (e.g. B02 or blue)")
     return out
 
 
@@ -208,7 +209,7 @@ class ChipRef:
 def tile_chips(info: RasterInfo, chip_size: int) -> list[ChipRef]:
     """Whole chips on a grid anchored at the raster's upper-left corner (edge remainders dropped)."""
     if info.width < chip_size or info.height < chip_size:
-        raise ValueError(
+        raise InputError(
             f"{info.path}: raster {info.width}x{info.height} is smaller than chip_size {chip_size}"
         )
     crs = info.crs.to_string()
@@ -230,20 +231,20 @@ class LabelSource:
         self.valid_ids = {c.id for c in cfg.classes} | {cfg.ignore_id}
         self.is_vector = path.lower().endswith(VECTOR_SUFFIXES)
         if not Path(path).exists() and "://" not in path:
-            raise FileNotFoundError(f"labels not found: {path}")
+            raise NotFoundError(f"labels not found: {path}")
         if self.is_vector:
             self.gdf = _read_vector_labels(path, cfg)
         else:
             with rasterio.open(path) as src:
                 if src.crs is None:
-                    raise ValueError(f"{path}: label raster has no CRS")
+                    raise InputError(f"{path}: label raster has no CRS")
                 self.src_crs, self.src_transform, self.src_nodata = src.crs, src.transform, src.nodata
                 self.array = src.read(1)
             bad = set(np.unique(self.array).tolist()) - self.valid_ids
             if self.src_nodata is not None:
                 bad.discard(int(self.src_nodata))
             if bad:
-                raise ValueError(
+                raise InputError(
                     f"{path}: label ids {sorted(bad)} are not in the class table {sorted(self.valid_ids)}"
                 )
 
@@ -276,9 +277,9 @@ def _read_vector_labels(path: str, cfg: SegmentationConfig):  # -> GeoDataFrame
     is_parquet = path.lower().endswith((".parquet", ".geoparquet"))
     gdf = gpd.read_parquet(path) if is_parquet else gpd.read_file(path)
     if gdf.crs is None:
-        raise ValueError(f"{path}: vector labels have no CRS")
+        raise InputError(f"{path}: vector labels have no CRS")
     if cfg.label_attribute not in gdf.columns:
-        raise ValueError(
+        raise InputError(
             f"{path}: no column {cfg.label_attribute!r} (label_attribute); columns: {list(gdf.columns)}"
         )
     by_name = {c.name.lower(): c.id for c in cfg.classes}
@@ -290,7 +291,7 @@ def _read_vector_labels(path: str, cfg: SegmentationConfig):  # -> GeoDataFrame
         else:
             cid = int(value) if int(value) in valid else None
         if cid is None:
-            raise ValueError(
+            raise InputError(
                 f"{path}: class {value!r} in column {cfg.label_attribute!r} is not in the class table"
             )
         ids.append(cid)
@@ -323,7 +324,7 @@ def spatial_split(
 
     n_test, n_val = count(test_fraction), count(val_fraction)
     if n_test + n_val >= n:
-        raise ValueError(
+        raise InputError(
             f"{n} spatial blocks cannot be split into train/val/test ({n_val} val, {n_test} test blocks "
             f"asked); lower split_block_chips or add images"
         )
@@ -418,7 +419,7 @@ def load_chips(chips: Sequence[ChipRef], infos: dict[str, RasterInfo], labels: L
         if band_set is None:
             band_set = bands
         elif [b.name for b in bands] != [b.name for b in band_set]:
-            raise ValueError(f"{chip.path}: bands {[b.name for b in bands]} differ from the other images'")
+            raise InputError(f"{chip.path}: bands {[b.name for b in bands]} differ from the other images'")
         raw = read_window(info, chip.window, [i for i, _ in selected])
         pixels.append(normalise(raw, bands, cfg.value_scale))
         ys.append(labels.for_chip(chip).astype(np.int64))
@@ -457,7 +458,7 @@ def prepare_data(cfg: SegmentationConfig) -> PreparedData:
     bands = next(s.bands for s in sets.values() if s.bands)
     gsd = cfg.gsd or float(np.median([i.resolution for i in infos.values()]))
     if not (sets["train"].labels != cfg.ignore_id).any():
-        raise ValueError(f"{cfg.labels}: no labelled pixel falls on the training chips")
+        raise InputError(f"{cfg.labels}: no labelled pixel falls on the training chips")
     return PreparedData(sets, bands, gsd)
 
 

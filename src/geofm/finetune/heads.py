@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geofm.errors import InputError
+
 
 def tokens_to_map(tokens: Tensor) -> Tensor:
     """[B, 1+L, D] tokens (CLS first) -> [B, D, g, g] patch map (row-major patches)."""
@@ -22,7 +24,7 @@ def tokens_to_map(tokens: Tensor) -> Tensor:
     b, n, d = patches.shape
     g = int(round(n ** 0.5))
     if g * g != n:
-        raise ValueError(f"{n} patch tokens do not form a square grid")
+        raise InputError(f"{n} patch tokens do not form a square grid")
     return patches.transpose(1, 2).reshape(b, d, g, g)
 
 
@@ -50,7 +52,7 @@ class FPNHead(nn.Module):
     def forward(self, maps: Sequence[Tensor], out_size: int) -> Tensor:
         """``maps``: 5 patch maps [B, D, g, g] (4 intermediate, then final); returns logits [B, K, S, S]."""
         if len(maps) != 5:
-            raise ValueError(f"FPNHead needs 5 feature maps, got {len(maps)}")
+            raise InputError(f"FPNHead needs 5 feature maps, got {len(maps)}")
         g = maps[0].shape[-1]
         half = max(out_size // 2, 1)
         levels = [self.fpn1(maps[0]), self.fpn2(maps[1]), self.fpn3(maps[2]), self.fpn4(maps[3]) if g > 1
@@ -103,14 +105,14 @@ class Segmentor(nn.Module):
         if head == "fpn":
             blocks = list(feature_blocks) if feature_blocks else default_feature_blocks(depth)
             if len(blocks) != 4 or not all(0 <= b < depth for b in blocks):
-                raise ValueError(f"feature_blocks must be 4 block indices in 0..{depth - 1}, got {blocks}")
+                raise InputError(f"feature_blocks must be 4 block indices in 0..{depth - 1}, got {blocks}")
             self.feature_blocks = blocks
             self.head: nn.Module = FPNHead(dim, num_classes)
         elif head == "pixelshuffle":
             self.feature_blocks = []
             self.head = PixelShuffleHead(dim, num_classes, patch, head_channels)
         else:
-            raise ValueError(f"unknown head {head!r}: use 'fpn' or 'pixelshuffle'")
+            raise InputError(f"unknown head {head!r}: use 'fpn' or 'pixelshuffle'")
         self.set_trainable(freeze_encoder, trainable_blocks)
 
     def set_trainable(self, freeze_encoder: bool, trainable_blocks: int = 0) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from geofm.errors import InputError, ModelError, NotFoundError
 from geofm.finetune.config import SegmentationConfig
 from geofm.finetune.heads import Segmentor
 from geofm.models import registry
@@ -28,7 +29,7 @@ def build_encoder(model: str, checkpoint: str | None, seed: int = 0, load_weight
     fine-tuned checkpoint will overwrite every weight anyway."""
     spec = registry.get_model_spec(model)
     if spec.clay is None:
-        raise ValueError(f"model {model!r} is not a Clay model; fine-tuning needs one of the clay-* models")
+        raise InputError(f"model {model!r} is not a Clay model; fine-tuning needs one of the clay-* models")
     if not load_weights:
         return registry.build_clay(spec)
     if checkpoint is None and spec.random_only:
@@ -75,7 +76,7 @@ def segmentation_loss(
             return 1 - dice[keep].mean()
         w = class_weights.to(dice.device, dice.dtype)[keep]
         return 1 - (dice[keep] * w).sum() / w.sum().clamp_min(1e-12)
-    raise ValueError(f"unknown loss {kind!r}: use focal, ce or dice")
+    raise InputError(f"unknown loss {kind!r}: use focal, ce or dice")
 
 
 # ---- metrics --------------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def load_module(
             checkpoint, map_location=map_location, load_encoder_weights=False, encoder=encoder
         )
     except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}") from None
+        raise NotFoundError(f"checkpoint not found: {checkpoint}") from None
     except (KeyError, RuntimeError, TypeError) as exc:
-        raise ValueError(f"{checkpoint}: not a geofm segmentation checkpoint ({exc})") from exc
+        raise ModelError(f"{checkpoint}: not a geofm segmentation checkpoint ({exc})") from exc
     return module.eval()

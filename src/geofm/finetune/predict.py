@@ -20,6 +20,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geofm import storage
+from geofm.errors import InputError
 from geofm.finetune.data import RasterInfo, expand_images, model_bands, normalise, raster_info, read_window
 from geofm.finetune.module import SegmentationModule
 from geofm.sentinel2 import band
@@ -56,7 +57,7 @@ def _band_indices(info: RasterInfo, wanted: Sequence[str]) -> list[int]:
     have = {b.name: i for i, b in model_bands(info.band_names)}
     missing = [w for w in wanted if band(w).name not in have]
     if missing:
-        raise ValueError(f"{info.path}: bands {missing} the model was trained on are missing")
+        raise InputError(f"{info.path}: bands {missing} the model was trained on are missing")
     return [have[band(w).name] for w in wanted]
 
 
@@ -70,7 +71,7 @@ def mosaic(infos: Sequence[RasterInfo], bands: Sequence[str]) -> tuple[np.ndarra
             or not np.isclose(info.transform.a, res_x)
             or not np.isclose(info.transform.e, res_y)
         ):
-            raise ValueError(
+            raise InputError(
                 f"{info.path}: CRS/resolution differ from {first.path}; predict one grid at a time"
             )
     lefts = [i.transform.c for i in infos]
@@ -101,8 +102,10 @@ def predict_array(
     cfg = module.cfg
     tile = tile or cfg.chip_size
     overlap = tile // 2 if overlap is None else overlap
-    if tile % 8 or not 0 <= overlap < tile:
-        raise ValueError(f"tile {tile} must be a multiple of 8 and overlap {overlap} in 0..tile-1")
+    patch = module.encoder.patch_size
+    if tile % patch or not 0 <= overlap < tile:
+        raise InputError(f"tile {tile} must be a multiple of the patch size {patch} and overlap {overlap} "
+                         "in 0..tile-1")
     _, h, w = raw.shape
     nodata = ~np.isfinite(raw).any(0)
     bands = [band(b) for b in module.bands]

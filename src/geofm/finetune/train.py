@@ -26,8 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from geofm import storage
+from geofm.errors import InputError
 from geofm.finetune.config import SegmentationConfig
 from geofm.finetune.data import ChipSet, PreparedData, SegmentationDataset, prepare_data
+from geofm.finetune.layout import FinetuneLayout
 from geofm.finetune.module import (
     SegmentationModule,
     balanced_class_weights,
@@ -35,7 +37,7 @@ from geofm.finetune.module import (
     majority_baseline,
     metrics_from_confusion,
 )
-from geofm.layout import FinetuneLayout
+from geofm.models.registry import resolve_device
 
 MONITOR = "val/miou"
 
@@ -55,15 +57,8 @@ class TrainResult:
 
 
 def accelerator_for(device: str) -> str:
-    if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        return "gpu"
-    if device != "cpu":
-        raise ValueError(f"device {device!r} not understood; use auto, cpu or cuda")
-    return "cpu"
+    """Lightning's accelerator for a geofm device string (parsed by the one device parser)."""
+    return "gpu" if resolve_device(device).type == "cuda" else "cpu"
 
 
 def _quiet_lightning() -> None:
@@ -91,7 +86,7 @@ def train(
     data = data or prepare_data(cfg)
     train_set, val_set = data.splits["train"], data.splits["val"]
     if not len(val_set.chips):
-        raise ValueError("no validation chips: raise val_fraction or add images")
+        raise InputError("no validation chips: raise val_fraction or add images")
     layout = FinetuneLayout(cfg.output_dir)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     storage.write_text(layout.config_copy, cfg.to_yaml())
@@ -215,11 +210,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a held-out split of ``cfg``'s data (the same seeded spatial split)."""
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, not {split!r}")
+        raise InputError(f"split must be train, val or test, not {split!r}")
     data = data or prepare_data(cfg)
     chips = data.splits[split]
     if not len(chips.chips):
-        raise ValueError(f"the {split} split is empty: set test_fraction in the config or use --split val")
+        raise InputError(f"the {split} split is empty: set test_fraction in the config or use --split val")
     module = load_module(checkpoint, encoder=encoder)
     metrics = evaluate_chips(module, chips, batch_size or cfg.batch_size)
     baseline = majority_baseline(

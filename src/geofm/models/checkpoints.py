@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-HF_REPO = "made-with-clay/Clay"
+from geofm.errors import BackendError, ModelError
+from geofm.models.spec import HF_REPO
+
 ENCODER_PREFIXES = ("model.encoder.", "encoder.")  # Lightning module (self.model = ClayMAE), bare ClayMAE
 
 
@@ -64,7 +66,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """Every tensor of a checkpoint file (``.safetensors`` or a torch/Lightning pickle), flat by key."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise ModelError(f"checkpoint not found: {p}")
     if p.suffix == ".safetensors":
         return load_file(str(p))
     try:
@@ -73,11 +75,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raw = torch.load(p, map_location="cpu", weights_only=False, mmap=True,
                          pickle_module=_TensorsOnlyPickle)
     except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{p}: not a readable PyTorch checkpoint ({exc})") from exc
+        raise ModelError(f"{p}: not a readable PyTorch checkpoint ({exc})") from exc
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict):
-        raise ValueError(f"{p}: expected a state dict or a Lightning checkpoint, got {type(raw).__name__}")
+        raise ModelError(f"{p}: expected a state dict or a Lightning checkpoint, got {type(raw).__name__}")
     return {k: v for k, v in raw.items() if isinstance(v, Tensor)}
 
 
@@ -95,7 +97,8 @@ def encoder_state_dict(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def check_state_dict(state: dict[str, Tensor], model: nn.Module, model_name: str, source: str) -> None:
-    """Raise ``ValueError`` naming ``source`` when keys or shapes differ from ``model``'s."""
+    """Raise :class:`~geofm.errors.ModelError` naming ``source`` when keys or shapes differ from
+    ``model``'s."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -114,7 +117,7 @@ def check_state_dict(state: dict[str, Tensor], model: nn.Module, model_name: str
         parts.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:2])})")
     dim = state.get("cls_token")
     hint = f" The file's encoder has dim {dim.shape[-1]}." if dim is not None else ""
-    raise ValueError(f"checkpoint {source} does not fit {model_name}: {'; '.join(parts)}.{hint}")
+    raise ModelError(f"checkpoint {source} does not fit {model_name}: {'; '.join(parts)}.{hint}")
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], model_name: str, source: str) -> None:
@@ -140,17 +143,22 @@ def download_checkpoint(hf_filename: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
-    return Path(hf_hub_download(repo_id=HF_REPO, filename=hf_filename, endpoint=endpoint))
+    try:
+        return Path(hf_hub_download(repo_id=HF_REPO, filename=hf_filename, endpoint=endpoint))
+    except Exception as exc:  # offline, HTTP errors, gated repo: the cause, named
+        where = endpoint or "https://huggingface.co"
+        raise BackendError(f"download of hf://{HF_REPO}/{hf_filename} from {where} failed: "
+                           f"{type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
 def import_checkpoint(spec: Any, checkpoint: str | Path | None = None) -> Path:
     """Convert a checkpoint (a local file, or the official one from Hugging Face when ``None``) to
     encoder-only safetensors in the model cache, after checking it fits ``spec``; returns the new file."""
-    from geofm.models.registry import build_clay
+    from geofm.models.spec import build_clay
 
     if checkpoint is None:
         if not spec.hf_filename:
-            raise ValueError(f"{spec.name} has no official checkpoint; pass --checkpoint PATH")
+            raise ModelError(f"{spec.name} has no official checkpoint; pass --checkpoint PATH")
         checkpoint = download_checkpoint(spec.hf_filename)
     source = Path(checkpoint)
     state = encoder_state_dict(read_checkpoint(source))
@@ -162,7 +170,7 @@ def import_checkpoint(spec: Any, checkpoint: str | Path | None = None) -> Path:
 
 def ensure_cached(spec: Any) -> Path:
     """The cached weights of ``spec``; fetched from Hugging Face and imported when missing and online.
-    Offline with no weights: a ``FileNotFoundError`` saying how to get them."""
+    Offline with no weights: a :class:`~geofm.errors.ModelError` saying how to get them."""
     cached = cached_weights_path(spec.name)
     file_name = Path(str(spec.hf_filename)).name
     if cached.is_file():
@@ -170,7 +178,7 @@ def ensure_cached(spec: Any) -> Path:
     try:
         return import_checkpoint(spec)
     except Exception as exc:  # offline, HF error, gated repo...: one clear message with the ways out
-        raise FileNotFoundError(
+        raise ModelError(
             f"no weights for {spec.name}: {cached} does not exist and the download from "
             f"hf://{HF_REPO}/{spec.hf_filename} failed ({type(exc).__name__}: {str(exc)[:200]}). "
             f"Get them with `geofm models import {spec.name} --checkpoint /path/to/{file_name}` "

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geofm.errors import ModelError
+
 WAVE_DIM = 128  # width of the wavelength code and of the weight-generator transformer
 NUM_LATENT_TOKENS = 128  # learned tokens of the weight generator (their outputs are discarded)
 META_CHANNELS = 8  # last channels of each patch token: [time(4) | latlon(4)]
@@ -37,7 +39,7 @@ def position_encoding(grid: int, dim: int, gsd: Tensor, temperature: float = 100
     so every frequency lies between ``gsd / 10000**(2 / dim)`` and ``gsd``. ``dim`` is ``D - 8``.
     """
     if dim % 4:
-        raise ValueError(f"position encoding width must be a multiple of 4, got {dim}")
+        raise ModelError(f"position encoding width must be a multiple of 4, got {dim}")
     device = gsd.device
     y, x = torch.meshgrid(torch.arange(grid, device=device), torch.arange(grid, device=device), indexing="ij")
     omega = torch.arange(dim // 4, device=device) / (dim // 4 - 1)
@@ -180,7 +182,7 @@ class ClayEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if (dim - META_CHANNELS) % 4:
-            raise ValueError(f"Clay dim - 8 must be a multiple of 4, got dim={dim}")
+            raise ModelError(f"Clay dim - 8 must be a multiple of 4, got dim={dim}")
         self.dim = dim
         self.patch_size = patch_size
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
@@ -199,7 +201,7 @@ class ClayEncoder(nn.Module):
         """Transformer input: [CLS ; patch tokens + position/metadata encodings] -> [B, 1 + L, D]."""
         b, _, h, w = pixels.shape
         if h != w or h % self.patch_size:
-            raise ValueError(
+            raise ModelError(
                 f"Clay needs square inputs whose side is a multiple of {self.patch_size}; got {h}x{w}"
             )
         patches = self.patch_embedding(pixels, waves, kernel)
@@ -228,7 +230,7 @@ class ClayEncoder(nn.Module):
         depth = len(self.transformer.layers)
         bad = [i for i in blocks if not 0 <= i < depth]
         if bad:
-            raise ValueError(f"blocks {bad} out of range for a {depth}-block encoder")
+            raise ModelError(f"blocks {bad} out of range for a {depth}-block encoder")
         out, kept = self.transformer(self.tokens(pixels, time, latlon, gsd, waves, kernel), keep=set(blocks))
         return out, [kept[i] for i in blocks]
 

@@ -8,12 +8,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from geofm.errors import ModelError
 from geofm.models import checkpoints
 from geofm.models.registry import get_model_spec, list_models
 
 models_app = typer.Typer(help="Embedding models: list them, import Clay weights.", no_args_is_help=True)
 _console = Console()
-_err = Console(stderr=True)
 
 
 @models_app.command("list")
@@ -43,15 +43,8 @@ def import_cmd(
     ] = None,
 ) -> None:
     """Convert a Clay checkpoint once to encoder-only safetensors in the model cache."""
-    try:
-        spec = get_model_spec(model)
-        if spec.kind != "clay":
-            raise ValueError(f"{model} needs no weights")
-        out = checkpoints.import_checkpoint(spec, checkpoint)
-    except (ValueError, FileNotFoundError) as exc:
-        _err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except Exception as exc:  # download failures and the like: say what and how
-        _err.print(f"[red]error:[/red] could not import {model}: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from None
+    spec = get_model_spec(model)
+    if spec.kind != "clay":
+        raise ModelError(f"{model} needs no weights")
+    out = checkpoints.import_checkpoint(spec, checkpoint)
     _console.print(f"{model}: encoder weights written to {out}")

@@ -11,7 +11,6 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -19,76 +18,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from geofm.errors import ConfigError, ModelError
 from geofm.models import checkpoints, spectral
 from geofm.models.clay import ClayEncoder
+from geofm.models.spec import ClayConfig, ModelSpec, build_clay, get_model_spec, list_models
 from geofm.sentinel2 import band
 
-CLAY_S2_BANDS: tuple[str, ...] = spectral.SPECTRAL_BANDS  # the 10 bands Clay was trained on, Clay's order
-CLAY_NORMALISATION = (
-    "per band (DN - mean) / std with Clay's Sentinel-2 L2A statistics; NaN filled with the mean"
-)
+__all__ = ["ClayConfig", "ModelSpec", "build_clay", "get_model_spec", "list_models"]
 
-
-@dataclass(frozen=True)
-class ClayConfig:
-    dim: int
-    depth: int
-    heads: int
-    dim_head: int
-    mlp_ratio: float = 4.0
-    patch_size: int = 8
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a model is and takes: size, bands (+ wavelengths, µm), normalisation and weights."""
-
-    name: str
-    kind: str  # "clay" or "spectral"
-    embedding_dim: int
-    patch_size: int
-    bands: tuple[str, ...]
-    normalisation: str
-    checkpoint: str  # where the weights come from, in words
-    description: str
-    clay: ClayConfig | None = None
-    hf_filename: str | None = None  # file in the Hugging Face repo, when there is an official one
-    random_only: bool = False  # no official weights exist (clay-tiny)
-    wavelengths: tuple[float, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "wavelengths", tuple(band(b).wavelength for b in self.bands))
-
-
-_MODELS: dict[str, ModelSpec] = {
-    s.name: s
-    for s in (
-        ModelSpec(
-            "clay-v1.5", "clay", 1024, 8, CLAY_S2_BANDS, CLAY_NORMALISATION,
-            f"hf://{checkpoints.HF_REPO}/v1.5/clay-v1.5.ckpt (import with `geofm models import clay-v1.5`)",
-            "Clay v1.5 encoder, ViT-L/8, 311,442,944 parameters",
-            ClayConfig(1024, 24, 16, 64), hf_filename="v1.5/clay-v1.5.ckpt",
-        ),
-        ModelSpec(
-            "clay-v1", "clay", 768, 8, CLAY_S2_BANDS, CLAY_NORMALISATION,
-            f"hf://{checkpoints.HF_REPO}/v1/clay-v1-base.ckpt (import with `geofm models import clay-v1`)",
-            "Clay v1.0 encoder, ViT-B/8, 92,102,144 parameters (the spec's model)",
-            ClayConfig(768, 12, 12, 64), hf_filename="v1/clay-v1-base.ckpt",
-        ),
-        ModelSpec(
-            "clay-tiny", "clay", 72, 8, CLAY_S2_BANDS, CLAY_NORMALISATION,
-            "random weights only (checkpoint 'random' or a seed), or a file of this config",
-            "Tiny Clay (dim 72, depth 2): the parity config, for tests and demos; RANDOM weights",
-            ClayConfig(72, 2, 4, 16), random_only=True,
-        ),
-        ModelSpec(
-            "spectral", "spectral", spectral.EMBEDDING_DIM, spectral.PATCH_SIZE, spectral.SPECTRAL_BANDS,
-            "band means as (DN - mean) / std with Clay's statistics; indices on DN; NaN ignored",
-            "none (weights-free)",
-            "Per-8x8-patch normalised band means, NDVI/NDWI/MNDWI/NDBI/NDRE/NBR and their spreads",
-        ),
-    )
-}
 
 
 class Embedder(Protocol):
@@ -101,35 +38,14 @@ class Embedder(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def list_models() -> list[ModelSpec]:
-    return list(_MODELS.values())
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    """The registered model ``name``; unknown names raise listing the registered ones."""
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(_MODELS)}") from None
-
-
-def build_clay(spec: ModelSpec, device: str | torch.device = "cpu") -> ClayEncoder:
-    """An encoder of ``spec``'s size (random init; pass ``device='meta'`` to allocate nothing)."""
-    if spec.clay is None:
-        raise ValueError(f"model {spec.name!r} is not a Clay model")
-    c = spec.clay
-    with torch.device(device):
-        return ClayEncoder(c.dim, c.depth, c.heads, c.dim_head, c.mlp_ratio, c.patch_size)
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; an unavailable cuda raises naming the device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"device {device!r} not understood; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"device {device!r} not understood; use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
     return torch.device(device)
 
 
@@ -148,7 +64,7 @@ def random_seed(checkpoint: str | int | None) -> int | None:
 
 def _refuse_random_only(spec: ModelSpec) -> None:
     if spec.random_only and not checkpoints.cached_weights_path(spec.name).is_file():
-        raise ValueError(f"{spec.name} has no official weights: pass checkpoint='random' (or a seed) "
+        raise ModelError(f"{spec.name} has no official weights: pass checkpoint='random' (or a seed) "
                          "or a file")
 
 
@@ -181,7 +97,7 @@ def check_weights(name: str, checkpoint: str | int | None = None) -> None:
         return
     if checkpoint is not None:
         if not Path(str(checkpoint)).is_file():
-            raise FileNotFoundError(f"checkpoint for {name} not found: {checkpoint}")
+            raise ModelError(f"checkpoint for {name} not found: {checkpoint}")
         return
     _refuse_random_only(spec)
     checkpoints.ensure_cached(spec)
@@ -204,7 +120,7 @@ def normalise(pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     stats = [band(b) for b in bands]
     lacking = [b.name for b in stats if b.clay_mean is None]
     if lacking:
-        raise ValueError(f"Clay has no normalisation statistics for bands {lacking}")
+        raise ModelError(f"Clay has no normalisation statistics for bands {lacking}")
     mean = np.array([b.clay_mean for b in stats], dtype=np.float32)[None, :, None, None]
     std = np.array([b.clay_std for b in stats], dtype=np.float32)[None, :, None, None]
     z = (pixels.astype(np.float32) - mean) / std
@@ -235,7 +151,7 @@ class ClayEmbedder:
     ) -> tuple[np.ndarray, np.ndarray]:
         pixels = np.asarray(pixels)
         if pixels.ndim != 4 or pixels.shape[1] != len(bands):
-            raise ValueError(f"pixels must be [B, {len(bands)}, H, W] for bands {bands}, got {pixels.shape}")
+            raise ModelError(f"pixels must be [B, {len(bands)}, H, W] for bands {bands}, got {pixels.shape}")
         key = tuple(band(b).name for b in bands)
         x = torch.from_numpy(normalise(pixels, key)).to(self.device)
         meta = torch.from_numpy(time_latlon(datetimes, lats, lons)).to(self.device)

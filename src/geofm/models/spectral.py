@@ -23,6 +23,7 @@ from datetime import datetime
 
 import numpy as np
 
+from geofm.errors import ModelError
 from geofm.sentinel2 import BANDS
 
 SPECTRAL_BANDS: tuple[str, ...] = tuple(b.name for b in BANDS if b.clay_mean is not None)
@@ -61,13 +62,13 @@ def _patches(x: np.ndarray, p: int) -> np.ndarray:
 def spectral_features(pixels: np.ndarray, bands: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Class [B, 32] and patch [B, L, 32] embeddings of harmonised-DN pixels [B, C, H, W] (NaN = nodata)."""
     if pixels.ndim != 4:
-        raise ValueError(f"spectral: pixels must be [B, C, H, W], got shape {pixels.shape}")
+        raise ModelError(f"spectral: pixels must be [B, C, H, W], got shape {pixels.shape}")
     missing = [b for b in REQUIRED_BANDS if b not in bands]
     if missing:
-        raise ValueError(f"spectral needs at least bands {list(REQUIRED_BANDS)}; missing {missing}")
+        raise ModelError(f"spectral needs at least bands {list(REQUIRED_BANDS)}; missing {missing}")
     h, w = pixels.shape[-2:]
     if h % PATCH_SIZE or w % PATCH_SIZE:
-        raise ValueError(f"spectral: chip side must be a multiple of {PATCH_SIZE}, got {h}x{w}")
+        raise ModelError(f"spectral: chip side must be a multiple of {PATCH_SIZE}, got {h}x{w}")
     pos = [i for i, b in enumerate(SPECTRAL_BANDS) if b in bands]  # positions of the bands we have
     have = [SPECTRAL_BANDS[i] for i in pos]
     x = pixels[:, [bands.index(b) for b in have]].astype(np.float32)

@@ -1,40 +1,42 @@
 """Step 3: change over time per chip: global PCA, cosine similarity to a baseline, per-patch maps.
 
 Unit of work: one chip (``"<grid>/<chip_id>"``, from ``unique-chip-ids/<grid>/*.txt``) with all its
-dates. Before the units, :func:`prepare` reads every chip meta once, keeps the rows that pass the
-limits (``analyze_rows``: the input of every unit) and fits the PCA once on a seeded global
+dates. Before the units, :meth:`Analyze.prepare` reads every chip meta once, keeps the rows of
+finished step-2 scenes that pass the limits (``analyze_rows``, each with the fingerprint of the
+step-2 unit that embedded it: the input of every unit) and fits the PCA once on a seeded global
 subsample of them (``pca_sample_size`` rows of the chosen embedding kind), so every unit projects
-with the same model whatever the partitioning. Rules for baselines and patch maps: geofm.change.
+with the same model whatever the partitioning. A chip's inputs are its rows and the PCA's id.
+Rules for baselines and patch maps: geofm.change.
 Output: ``processed-embeddings/<grid>/<x>_<y>_processed_embeddings.parquet`` (docs/formats.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from geofm import change, geoparquet, storage
+from geofm import change, geoparquet, markers, storage
+from geofm.columns import EMBEDDING_FILE
 from geofm.config import PipelineConfig
-from geofm.executors import map_units
+from geofm.digest import digest
+from geofm.errors import InputError, NotFoundError
 from geofm.reduce import PCAModel, fit_pca, load_pca, save_pca
-from geofm.report import StepReport, UnitResult
+from geofm.report import UnitResult
+from geofm.steps.base import Step, UnitOutput
 
-STEP = "analyze"
-INPUTS_KEY = "geofm:inputs"  # parquet schema metadata: digest of what a chip's output was made from
-EMB_COLUMN = {"patch": "s3_location_patch_emb", "cls": "s3_location_cls_emb"}
+EMBED_ID = "embed_id"  # analyze_rows only: fingerprint of the step-2 unit that embedded the row's scene
+PCA_UNIT = "pca"
 log = logging.getLogger(__name__)
 
 
 # ---- listing and reading -------------------------------------------------------------------------
-def units(cfg: PipelineConfig) -> list[str]:
+def chip_units(cfg: PipelineConfig) -> list[str]:
     """``"<grid>/<chip_id>"`` for every chip id file written by step 2, sorted."""
     lay = cfg.layout
     out = []
@@ -51,24 +53,31 @@ def parse_unit(unit: str) -> tuple[str, int, int]:
         x, y = chip_id.split("_")
         return grid, int(x), int(y)
     except ValueError:
-        raise ValueError(f"not an analyze unit: {unit!r} (expected '<grid>/<x>_<y>')") from None
+        raise InputError(f"not an analyze unit: {unit!r} (expected '<grid>/<x>_<y>')") from None
 
 
 def read_all_meta(cfg: PipelineConfig) -> gpd.GeoDataFrame:
-    """Every scene's chip meta (after step 2) in one frame."""
-    urls = cfg.layout.meta_files()
-    if not urls:
-        raise FileNotFoundError(f"no chip meta in {cfg.layout.meta_dir}: run preprocess and embed first")
-    frames = [geoparquet.read(u) for u in urls]
+    """The chip meta of every scene that step 2 finished, in one frame, with the fingerprint of the
+    step-2 unit that wrote it (``embed_id``)."""
+    lay = cfg.layout
+    embedded = markers.fingerprints(lay, "embed")
+    frames = []
+    for scene_id in lay.meta_scene_ids():
+        if scene_id in embedded:
+            frame = geoparquet.read(lay.meta(scene_id))
+            frame[EMBED_ID] = embedded[scene_id]
+            frames.append(frame)
+    if not frames:
+        raise NotFoundError(f"no embedded chip meta in {lay.meta_dir}: run preprocess and embed first")
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
 
 
 def select_rows(meta: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.GeoDataFrame:
     """Rows with an embedding of the chosen kind that pass the cloud and missing-data limits,
     sorted by grid, chip and date."""
-    col = EMB_COLUMN[cfg.embedding_kind]
+    col = EMBEDDING_FILE[cfg.embedding_kind]
     if col not in meta.columns:
-        raise ValueError(f"chip meta has no {col!r} column: run embed first"
+        raise InputError(f"chip meta has no {col!r} column: run embed first"
                          + (" (with patch_embeddings on)" if cfg.embedding_kind == "patch" else ""))
     keep = meta[col].notna() & (meta[col].astype(str) != "")
     if "embedding_status" in meta.columns:
@@ -86,10 +95,6 @@ def load_embedding(url: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # ---- global PCA ----------------------------------------------------------------------------------
 def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
     """Seeded choice of ``min(n, size)`` of ``n`` rows, sorted: the same whatever the partitioning."""
@@ -97,14 +102,16 @@ def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(n, size), replace=False))
 
 
-def pca_fingerprint(rows: pd.DataFrame, cfg: PipelineConfig) -> str:
-    return _digest({"kind": cfg.embedding_kind, "n": cfg.n_components, "size": cfg.pca_sample_size,
-                    "seed": cfg.seed, "paths": list(rows[EMB_COLUMN[cfg.embedding_kind]])})
+def pca_inputs(rows: pd.DataFrame, cfg: PipelineConfig) -> str:
+    """What the PCA is fitted from: every selected row's embedding file (relative to the output root)
+    and who wrote it."""
+    files = [markers.stored(cfg.layout, u) for u in rows[EMBEDDING_FILE[cfg.embedding_kind]]]
+    return digest([files, list(rows[EMBED_ID])])
 
 
 def fit_global_pca(rows: pd.DataFrame, cfg: PipelineConfig) -> PCAModel:
     """Fit the PCA on a seeded subsample of ``rows`` (all chips and dates); NaN embeddings left out."""
-    col = EMB_COLUMN[cfg.embedding_kind]
+    col = EMBEDDING_FILE[cfg.embedding_kind]
     idx = sample_indices(len(rows), cfg.pca_sample_size, cfg.seed)
     sample: np.ndarray | None = None  # filled in place: the sample is held once (it can be GBs)
     n = 0
@@ -115,40 +122,16 @@ def fit_global_pca(rows: pd.DataFrame, cfg: PipelineConfig) -> PCAModel:
         if sample is None:
             sample = np.empty((len(idx), v.size), np.float32)
         if v.size != sample.shape[1]:
-            raise ValueError(f"{rows[col].iloc[i]}: {v.size} values, other embeddings have {sample.shape[1]}")
+            raise InputError(f"{rows[col].iloc[i]}: {v.size} values, other embeddings have {sample.shape[1]}")
         sample[n] = v
         n += 1
     if sample is None or n < 2:
-        raise ValueError(f"only {n} usable embeddings for the PCA; need at least 2")
+        raise InputError(f"only {n} usable embeddings for the PCA; need at least 2")
     n_components = min(cfg.n_components, n - 1)
     if n_components < cfg.n_components:
         log.warning("PCA: %d sample rows support only %d components (asked %d)", n, n_components,
                     cfg.n_components)
-    return fit_pca(sample[:n], n_components, cfg.embedding_kind, cfg.seed, pca_fingerprint(rows, cfg),
-                   overwrite=True)
-
-
-def prepare(cfg: PipelineConfig) -> PCAModel:
-    """Once before the units: write the selected rows and fit (or reuse) the global PCA."""
-    lay = cfg.layout
-    rows = select_rows(read_all_meta(cfg), cfg)
-    if rows.empty:
-        raise ValueError(
-            f"no embedded chip passes the limits (analyze_max_cloud={cfg.analyze_max_cloud}, "
-            f"analyze_max_missing={cfg.analyze_max_missing}, embedding_kind={cfg.embedding_kind})")
-    geoparquet.write(lay.analyze_rows, rows)
-    fp = pca_fingerprint(rows, cfg)
-    url = lay.reducer_model("pca")
-    if not cfg.force and storage.exists(url):
-        try:
-            old = load_pca(url)
-            if old.fingerprint == fp:
-                return old
-        except ValueError:
-            pass  # a broken model file is refitted
-    model = fit_global_pca(rows, cfg)
-    save_pca(model, url)
-    return model
+    return fit_pca(sample[:n], n_components, cfg.embedding_kind, cfg.seed, overwrite=True)
 
 
 # ---- one chip ------------------------------------------------------------------------------------
@@ -191,21 +174,13 @@ def chip_rows(cfg: PipelineConfig, grid: str, chip_id: str) -> gpd.GeoDataFrame:
     return frame.iloc[pos].sort_values("date", kind="stable").reset_index(drop=True)
 
 
-def _inputs_id(cfg: PipelineConfig, model: PCAModel, rows: pd.DataFrame) -> str:
-    return _digest({"pca": model.model_id, "kind": cfg.embedding_kind, "baseline": cfg.baseline,
-                    "baseline_max_cloud": cfg.baseline_max_cloud, "patch": cfg.patch_change_threshold,
-                    "paths": list(rows[EMB_COLUMN[cfg.embedding_kind]]),
-                    "cloud": [round(float(c), 6) for c in rows["cloud_cover_perc"]]})
-
-
-def is_complete(url: str, inputs_id: str) -> bool:
-    """The chip's output exists and was made from the same inputs, PCA and parameters."""
-    if not storage.exists(url):
-        return False
-    try:
-        return geoparquet.read_metadata(url).get(INPUTS_KEY) == inputs_id
-    except Exception:  # a torn or foreign file counts as absent
-        return False
+def chip_inputs(cfg: PipelineConfig, rows: pd.DataFrame, model: PCAModel) -> str:
+    """A chip's input identity: its rows as selected (values, files, who embedded them) and the PCA;
+    file locations relative to the output root, so a moved root keeps it."""
+    rows = rows.drop(columns="geometry").copy()
+    for col in (c for c in rows.columns if c.startswith("s3_location_")):
+        rows[col] = rows[col].map(lambda u: markers.stored(cfg.layout, u) if isinstance(u, str) else u)
+    return digest([rows.to_json(orient="split", date_format="iso", index=False), model.model_id])
 
 
 def analyze_chip(rows: pd.DataFrame, embeddings: list[np.ndarray], model: PCAModel,
@@ -250,38 +225,73 @@ def analyze_chip(rows: pd.DataFrame, embeddings: list[np.ndarray], model: PCAMod
     return out
 
 
-def process_unit(cfg: PipelineConfig, unit: str) -> dict[str, Any]:
-    """Analyse one chip; ``{"skipped": True}`` when its output is complete (unless ``cfg.force``)."""
+def process_unit(cfg: PipelineConfig, unit: str) -> UnitOutput:
+    """Analyse one chip: its processed-embeddings file (none when no date passes the limits)."""
     grid, x, y = parse_unit(unit)
-    chip_id = f"{x}_{y}"
     lay = cfg.layout
     url = lay.processed_embeddings(grid, x, y)
-    model = global_pca(lay.reducer_model("pca"))
-    if model.kind != cfg.embedding_kind:
-        raise ValueError(f"PCA model at {lay.reducer_model('pca')} was fitted on {model.kind!r} embeddings, "
-                         f"not {cfg.embedding_kind!r}: rerun analyze with --force")
-    rows = chip_rows(cfg, grid, chip_id)
+    model = _pca(cfg)
+    rows = chip_rows(cfg, grid, f"{x}_{y}")
     if rows.empty:
-        storage.remove(url)  # no date passes the limits now: drop an older output
-        return {"rows": 0}
-    inputs_id = _inputs_id(cfg, model, rows)
-    if not cfg.force and is_complete(url, inputs_id):
-        return {"skipped": True}
-    embeddings = [load_embedding(u) for u in rows[EMB_COLUMN[cfg.embedding_kind]]]
-    frame = analyze_chip(rows, embeddings, model, cfg)
-    geoparquet.write(url, frame, {INPUTS_KEY: inputs_id})  # the inputs digest is for rerun checks
-    return {"rows": len(frame), "nan_rows": int(frame["embedding_contains_nan_yn"].sum()),
-            "min_sim": float(np.nanmin(frame["cosine_sim"])) if frame["cosine_sim"].notna().any() else None}
+        return UnitOutput([], {"rows": 0})
+    embeddings = [load_embedding(u) for u in rows[EMBEDDING_FILE[cfg.embedding_kind]]]
+    frame = analyze_chip(rows.drop(columns=EMBED_ID), embeddings, model, cfg)
+    geoparquet.write(url, frame)
+    return UnitOutput([url], {
+        "rows": len(frame), "nan_rows": int(frame["embedding_contains_nan_yn"].sum()),
+        "min_sim": float(np.nanmin(frame["cosine_sim"])) if frame["cosine_sim"].notna().any() else None})
 
 
-def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
-    """Fit the global PCA, then analyse every chip in parallel; failures are reported per chip."""
-    try:
-        model = prepare(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        report = StepReport(STEP)
-        report.results.append(UnitResult("pca", "failed", error=f"{type(exc).__name__}: {exc}"))
-        return report
-    log.info("PCA: %d components on %d rows of %s embeddings (explained %s)", model.n_components,
-             model.sample_size, model.kind, np.round(model.explained_variance_ratio, 3).tolist())
-    return map_units(process_unit, cfg, units(cfg), STEP, workers=cfg.workers, quiet=quiet)
+def _pca(cfg: PipelineConfig) -> PCAModel:
+    url = cfg.layout.reducer_model(PCA_UNIT)
+    model = global_pca(url)
+    if model.kind != cfg.embedding_kind:
+        raise InputError(f"PCA model at {url} was fitted on {model.kind!r} embeddings, not "
+                         f"{cfg.embedding_kind!r}: rerun analyze")
+    return model
+
+
+class Analyze(Step):
+    """Step 3 over the chips step 2 embedded (see the module doc)."""
+
+    name: ClassVar[str] = "analyze"
+    params: ClassVar[tuple[str, ...]] = ("embedding_kind", "n_components", "pca_sample_size", "seed",
+                                         "baseline", "baseline_max_cloud", "analyze_max_cloud",
+                                         "analyze_max_missing", "patch_change_threshold")
+
+    def prepare(self, cfg: PipelineConfig) -> list[UnitResult]:
+        """Write the selected rows, then fit (or keep) the global PCA: a resumable unit of its own,
+        whose inputs are the rows' embedding files and the step-2 units that wrote them."""
+        lay = cfg.layout
+        try:
+            rows = select_rows(read_all_meta(cfg), cfg)
+            if rows.empty:
+                raise InputError(
+                    f"no embedded chip passes the limits (analyze_max_cloud={cfg.analyze_max_cloud}, "
+                    f"analyze_max_missing={cfg.analyze_max_missing}, embedding_kind={cfg.embedding_kind})")
+            geoparquet.write(lay.analyze_rows, rows)
+            url = lay.reducer_model(PCA_UNIT)
+
+            def fit() -> UnitOutput:
+                model = fit_global_pca(rows, cfg)
+                save_pca(model, url)
+                return UnitOutput([url], {
+                    "components": model.n_components, "sample_rows": model.sample_size,
+                    "explained": np.round(model.explained_variance_ratio, 4).tolist()})
+
+            fp = markers.fingerprint(self.name, self.param_values(cfg), {"rows": pca_inputs(rows, cfg)})
+            status, info = markers.run(lay, self.name, PCA_UNIT, fp, fit, force=cfg.force)
+        except (InputError, NotFoundError) as exc:
+            return [UnitResult(PCA_UNIT, "failed", error=f"{type(exc).__name__}: {exc}",
+                               error_kind="input" if isinstance(exc, InputError) else "not-found")]
+        return [UnitResult(PCA_UNIT, status, info=info)]
+
+    def units(self, cfg: PipelineConfig) -> list[str]:
+        return chip_units(cfg)
+
+    def inputs(self, cfg: PipelineConfig, unit: str) -> Any:
+        grid, x, y = parse_unit(unit)
+        return chip_inputs(cfg, chip_rows(cfg, grid, f"{x}_{y}"), _pca(cfg))
+
+    def process(self, cfg: PipelineConfig, unit: str) -> UnitOutput:
+        return process_unit(cfg, unit)

@@ -1,71 +1,60 @@
 """Step 4: per MGRS grid, the consolidated GeoParquet, chip-grid GeoJSONs, the change-intensity layer
 and the front-end config; then, in this one process, the LanceDB table of class embeddings.
 
-Unit of work: one grid (a folder of ``processed-embeddings/``). The chip grid of the whole tile is
+Unit of work: one grid (a folder of ``processed-embeddings/``); its inputs are the step-3 units of its
+chips and the AOI. The chip grid of the whole tile is
 rebuilt from the tile geometry: its origin follows from any chip of the meta (``utm_minx - x_dim *
 chip_size * gsd``, ``utm_maxy + y_dim * chip_size * gsd``; chips are anchored at the tile origin) and
-the tile is 109,800 m square; every whole chip is listed. After the units, :func:`load_vector_db`
-writes all of this AOI's rows in one commit (one committer, no concurrent writers) replacing the
-AOI's earlier rows, then builds the indices (geofm.vectordb).
+the tile is 109,800 m square; every whole chip is listed. After the units, :meth:`Consolidate.finish`
+writes all of this AOI's rows to LanceDB in one commit (one committer, no concurrent writers)
+replacing the AOI's earlier rows, then builds the indices (geofm.vectordb): a resumable unit of its
+own, whose inputs are the grids' units.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import math
 import posixpath
-from typing import Any
+from typing import Any, ClassVar
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import shapely
 from affine import Affine
 from pyproj import Transformer
 
-from geofm import change, geoparquet, storage, vectordb
-from geofm.aoi import load_aoi
+from geofm import change, geoparquet, markers, storage, vectordb
+from geofm.aoi import aoi_identity, load_aoi
 from geofm.chips import WGS84, ChipGrid
 from geofm.config import PipelineConfig
-from geofm.executors import map_units
+from geofm.errors import InputError, NotFoundError
 from geofm.layout import Layout
 from geofm.report import StepReport, UnitResult
 from geofm.sentinel2 import TILE_EXTENT_M
-from geofm.steps.analyze import INPUTS_KEY, load_embedding
+from geofm.steps.analyze import load_embedding
+from geofm.steps.base import Step, UnitOutput
 
-STEP = "consolidate"
-GRID_COLUMNS = ["chip_id", "x_dim", "y_dim", "mgrs_grid", "aoi_name"]
-LANCE_COLUMNS = ["chip_id", "x_dim", "y_dim", "date", "scene_id", "mgrs_grid", "aoi_name", "model",
-                 "geometry_wkt", "minx", "miny", "maxx", "maxy", "cloud_cover_perc", "missing_data_perc",
-                 "s3_location_png_thumbnail", "s3_location_netcdf", "cosine_sim"]
+VECTOR_DB_UNIT = "lance-db"
 log = logging.getLogger(__name__)
 
 
-def units(cfg: PipelineConfig) -> list[str]:
+def grid_units(cfg: PipelineConfig) -> list[str]:
     """MGRS grids with processed embeddings (step 3 output)."""
     root = cfg.layout.processed_embeddings_root
-    return [g for g in storage.list_folders(root)
-            if cfg.layout.processed_files(g)]
+    return [g for g in storage.list_folders(root) if cfg.layout.processed_files(g)]
 
 
-def read_processed(cfg: PipelineConfig, grid: str) -> tuple[gpd.GeoDataFrame, str]:
-    """All processed rows of a grid (sorted by chip and date) and a digest of what they were made from."""
+def read_processed(cfg: PipelineConfig, grid: str) -> gpd.GeoDataFrame:
+    """All processed rows of a grid, sorted by chip and date."""
     urls = cfg.layout.processed_files(grid)
     if not urls:
-        raise FileNotFoundError(f"no processed embeddings for grid {grid}: run analyze first")
-    frames, ids = [], []
-    for url in urls:
-        data = storage.read_bytes(url)
-        ids.append((url.rsplit("/", 1)[-1], (pq.read_schema(io.BytesIO(data)).metadata or {})
-                    .get(INPUTS_KEY.encode(), b"").decode()))
-        frames.append(gpd.read_parquet(io.BytesIO(data)))
+        raise NotFoundError(f"no processed embeddings for grid {grid}: run analyze first")
+    frames = [gpd.read_parquet(io.BytesIO(storage.read_bytes(url))) for url in urls]
     rows = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
-    rows = rows.sort_values(["y_dim", "x_dim", "date"], kind="stable").reset_index(drop=True)
-    return rows, hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    return rows.sort_values(["y_dim", "x_dim", "date"], kind="stable").reset_index(drop=True)
 
 
 # ---- chip grids ----------------------------------------------------------------------------------
@@ -78,7 +67,7 @@ def tile_chip_grid(rows: pd.DataFrame) -> ChipGrid:
     oy = rows["utm_maxy"].to_numpy(float) + rows["y_dim"].to_numpy(float) * step
     uniform = rows["crs"].nunique() == 1 and rows["chip_size"].nunique() == 1
     if np.ptp(ox) > 1e-3 or np.ptp(oy) > 1e-3 or not uniform:
-        raise ValueError("chips of one grid disagree on the tile origin, CRS or chip size; "
+        raise InputError("chips of one grid disagree on the tile origin, CRS or chip size; "
                          "was the grid preprocessed with different parameters? rerun with --force")
     side = int(round(TILE_EXTENT_M / gsd))
     return ChipGrid(Affine(gsd, 0, float(ox[0]), 0, -gsd, float(oy[0])), side, side, crs, size)
@@ -95,10 +84,6 @@ def chips_frame(grid: ChipGrid, chips: list[Any], mgrs: str, aoi_name: str) -> g
         "chip_id": [c.chip_id for c in chips], "x_dim": [c.x_dim for c in chips],
         "y_dim": [c.y_dim for c in chips], "mgrs_grid": mgrs, "aoi_name": aoi_name,
     }, geometry=polys, crs=WGS84)
-
-
-def aoi_url(cfg: PipelineConfig) -> str:
-    return cfg.aoi or cfg.layout.aoi_geojson
 
 
 # ---- change intensity ----------------------------------------------------------------------------
@@ -168,7 +153,7 @@ def frontend_config(cfg: PipelineConfig, grid: str, rows: pd.DataFrame | None = 
         "patch_change_threshold": cfg.patch_change_threshold,
         "vectordb_type": "lancedb",
         "vectordb_path": _rel(lay.lance_db, base),
-        "vectordb_collection_name": Layout.LANCE_TABLE,
+        "vectordb_collection_name": vectordb.DEFAULT_TABLE,
         "model": models[0] if len(models) == 1 else models or cfg.model,
         "embedding_dim": embedding_dim,
     }
@@ -180,38 +165,20 @@ def _outputs(lay: Layout, grid: str) -> list[str]:
             lay.change_intensity(grid), lay.frontend_config(grid)]
 
 
-def _inputs_id(cfg: PipelineConfig, processed_id: str) -> str:
-    params = [processed_id, cfg.change_threshold_high, cfg.change_threshold_medium, cfg.aoi_name,
-              storage.read_text(aoi_url(cfg)) if storage.exists(aoi_url(cfg)) else None]
-    return hashlib.sha256(json.dumps(params).encode()).hexdigest()[:16]
-
-
-def is_complete(lay: Layout, grid: str, inputs_id: str) -> bool:
-    if not all(storage.exists(u) for u in _outputs(lay, grid)):
-        return False
-    try:
-        return geoparquet.read_metadata(lay.consolidated_output(grid)).get(INPUTS_KEY) == inputs_id
-    except Exception:  # a torn or foreign file counts as absent
-        return False
-
-
 def _write_geojson(url: str, frame: gpd.GeoDataFrame) -> None:
     storage.write_text(url, frame.to_json(drop_id=True))
 
 
-def process_unit(cfg: PipelineConfig, grid: str) -> dict[str, Any]:
-    """Consolidate one grid; ``{"skipped": True}`` when its outputs are complete (unless ``cfg.force``)."""
+def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
+    """Consolidate one grid: the consolidated GeoParquet, chip grids, change intensity, front-end config."""
     lay = cfg.layout
-    rows, processed_id = read_processed(cfg, grid)
-    inputs_id = _inputs_id(cfg, processed_id)
-    if not cfg.force and is_complete(lay, grid, inputs_id):
-        return {"skipped": True}
+    rows = read_processed(cfg, grid)
     tile = tile_chip_grid(rows)
     full = chips_frame(tile, list(tile.all_chips()), grid, cfg.aoi_name)
-    if storage.exists(aoi_url(cfg)):
-        aoi_chips = chips_frame(tile, tile.chips_meeting(load_aoi(aoi_url(cfg))), grid, cfg.aoi_name)
+    if storage.exists(cfg.aoi_url):
+        aoi_chips = chips_frame(tile, tile.chips_meeting(load_aoi(cfg.aoi_url)), grid, cfg.aoi_name)
     else:  # no AOI file: the analysed chips stand for it
-        log.warning("no AOI at %s: chip_grid_aoi lists the analysed chips", aoi_url(cfg))
+        log.warning("no AOI at %s: chip_grid_aoi lists the analysed chips", cfg.aoi_url)
         ids = set(rows["chip_id"])
         aoi_chips = full[full["chip_id"].isin(ids)].reset_index(drop=True)
     intensity = change_intensity_frame(rows, cfg)
@@ -221,11 +188,11 @@ def process_unit(cfg: PipelineConfig, grid: str) -> dict[str, Any]:
     config = frontend_config(cfg, grid, rows)
     storage.write_json(lay.frontend_config(grid), {
         "current_demo_id": cfg.aoi_name, "demos": [{"demo_id": cfg.aoi_name, "config": config}]})
-    # last: marks the grid complete
-    geoparquet.write(lay.consolidated_output(grid), rows, {INPUTS_KEY: inputs_id})
+    geoparquet.write(lay.consolidated_output(grid), rows)
     counts = intensity["change_intensity"].value_counts().to_dict()
-    return {"rows": len(rows), "chips": len(intensity), "tile_chips": len(full), "aoi_chips": len(aoi_chips),
-            **{f"intensity_{k}": int(v) for k, v in counts.items()}}
+    return UnitOutput(_outputs(lay, grid), {
+        "rows": len(rows), "chips": len(intensity), "tile_chips": len(full), "aoi_chips": len(aoi_chips),
+        **{f"intensity_{k}": int(v) for k, v in counts.items()}})
 
 
 # ---- vector DB -----------------------------------------------------------------------------------
@@ -260,24 +227,6 @@ def vector_rows(rows: gpd.GeoDataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     return out.reset_index(drop=True), np.asarray(vectors, np.float32).reshape(len(vectors), dim)
 
 
-def vector_db_current(cfg: PipelineConfig, grids: list[str]) -> bool:
-    """The table already holds this AOI's rows of these grids (same count) and the index it should have."""
-    lay = cfg.layout
-    try:
-        tbl = vectordb.open_table(lay.lance_db, Layout.LANCE_TABLE)
-        expected = 0
-        for grid in grids:
-            rows = geoparquet.read(lay.consolidated_output(grid))
-            expected += int((~rows["embedding_contains_nan_yn"].astype(bool)
-                             & rows["s3_location_cls_emb"].notna()).sum())
-        has_index = any(i.columns == ["vector"] for i in tbl.list_indices())
-        aoi = cfg.aoi_name.replace("'", "''")
-        return (tbl.count_rows(f"aoi_name = '{aoi}'") == expected
-                and has_index == (tbl.count_rows() >= max(cfg.vector_index_min_rows, 256)))
-    except Exception:  # no table, foreign table, unreadable parquet: reload
-        return False
-
-
 def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
     """Write every grid's rows of this AOI to ``lance-db/vector_db`` in one commit, then index."""
     lay = cfg.layout
@@ -290,34 +239,51 @@ def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
             frames.append(df)
             vecs.append(v)
     if not frames:
-        raise ValueError("no row with a class embedding to load into the vector DB")
+        raise InputError("no row with a class embedding to load into the vector DB")
     dims = {v.shape[1] for v in vecs}
     if len(dims) != 1:
-        raise ValueError(f"class embeddings of several sizes {sorted(dims)}: mixed models? "
+        raise InputError(f"class embeddings of several sizes {sorted(dims)}: mixed models? "
                          "rerun with --force")
     table = vectordb.rows_table(pd.concat(frames, ignore_index=True), np.concatenate(vecs))
-    return vectordb.replace_aoi_rows(lay.lance_db, table, cfg.aoi_name, Layout.LANCE_TABLE,
+    return vectordb.replace_aoi_rows(lay.lance_db, table, cfg.aoi_name, vectordb.DEFAULT_TABLE,
                                      cfg.vector_index_min_rows, cfg.vector_index_type)
 
 
-def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
-    """Consolidate every grid in parallel, then load the vector DB here (the single committer)."""
-    grids = units(cfg)
-    if not grids:
-        report = StepReport(STEP)
-        report.results.append(UnitResult("grids", "failed", error=(
-            f"no processed embeddings under {cfg.layout.processed_embeddings_root}: run analyze first")))
-        return report
-    report = map_units(process_unit, cfg, grids, STEP, workers=cfg.workers, quiet=quiet)
-    done = [r.unit for r in report.results if r.status != "failed"]
-    if not done:
-        return report
-    if not cfg.force and report.count("done") == 0 and vector_db_current(cfg, done):
-        report.results.append(UnitResult("lance-db", "skipped"))
-        return report
-    try:
-        info = load_vector_db(cfg, done)
-        report.results.append(UnitResult("lance-db", "done", info=info))
-    except Exception as exc:  # recorded like a failed unit; the files above stay
-        report.results.append(UnitResult("lance-db", "failed", error=f"{type(exc).__name__}: {exc}"))
-    return report
+class Consolidate(Step):
+    """Step 4 over the grids step 3 analysed, then the vector DB (see the module doc)."""
+
+    name: ClassVar[str] = "consolidate"
+    params: ClassVar[tuple[str, ...]] = ("aoi_name", "baseline", "embedding_kind", "change_threshold_high",
+                                         "change_threshold_medium", "patch_change_threshold")
+    vector_params: ClassVar[tuple[str, ...]] = ("vector_index_min_rows", "vector_index_type")
+
+    def units(self, cfg: PipelineConfig) -> list[str]:
+        return grid_units(cfg)
+
+    def inputs(self, cfg: PipelineConfig, unit: str) -> Any:
+        return {"chips": markers.fingerprints(cfg.layout, "analyze", prefix=f"{unit}/"),
+                "aoi": aoi_identity(cfg.aoi_url)}
+
+    def process(self, cfg: PipelineConfig, unit: str) -> UnitOutput:
+        return process_unit(cfg, unit)
+
+    def finish(self, cfg: PipelineConfig, report: StepReport) -> list[UnitResult]:
+        """Load every consolidated grid into LanceDB: one commit, skipped when the grids' units are those
+        it was loaded from."""
+        lay = cfg.layout
+        grids = [r.unit for r in report.results if r.status != "failed"]
+        if not grids:
+            return []
+        inputs = {g: markers.upstream(lay, self.name, g) for g in grids}
+        fp = markers.fingerprint(f"{self.name}/{VECTOR_DB_UNIT}",
+                                 {k: getattr(cfg, k) for k in self.vector_params}, inputs)
+        table_dir = f"{lay.lance_db}/{vectordb.DEFAULT_TABLE}.lance"
+
+        def load() -> UnitOutput:
+            return UnitOutput([table_dir], load_vector_db(cfg, grids))
+
+        try:
+            status, info = markers.run(lay, self.name, VECTOR_DB_UNIT, fp, load, force=cfg.force)
+        except Exception as exc:  # recorded like a failed unit; the files above stay
+            return [UnitResult(VECTOR_DB_UNIT, "failed", error=f"{type(exc).__name__}: {exc}")]
+        return [UnitResult(VECTOR_DB_UNIT, status, info=info)]

@@ -1,11 +1,11 @@
 """Step 2: embed every chip of a scene with the configured model (class + patch embeddings as .npy).
 
-One scene is one unit of work. The scene's chips are read in batches by a prefetch thread while the
-model works on the previous batch; chips over the nodata/cloud limits are skipped and recorded. Files
-and meta columns follow docs/formats.md. The model is loaded once per worker process (module cache) and
-the step runs its units in one model worker per device (``map_units(model_actor=True)``), never a pool
-of processes each holding a copy. A rerun skips scenes already embedded with the same model; another
-model writes its own files (the layout puts the model name in the path) and takes over the meta columns.
+One scene is one unit of work; its input is what step 1 wrote for the scene. The scene's chips are
+read in batches by a prefetch thread while the model works on the previous batch; chips over the
+nodata/cloud limits are skipped and recorded. Files and meta columns follow docs/formats.md. The model
+is loaded once per worker process (module cache) and the step runs in model workers, one per device,
+never a pool of processes each holding a copy. Another model writes its own files (the layout puts the
+model name in the path) and takes over the meta columns.
 """
 
 from __future__ import annotations
@@ -15,20 +15,19 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from geofm import geoparquet, netcdf, storage
+from geofm import geoparquet, markers, netcdf, storage
 from geofm.config import PipelineConfig
-from geofm.executors import local_model_devices, map_units
+from geofm.errors import ConfigError, ModelError, SceneError
 from geofm.models import spectral
-from geofm.models.registry import Embedder, ModelSpec, get_model_spec, load_embedder
-from geofm.report import StepReport
+from geofm.models.registry import Embedder, ModelSpec, check_weights, get_model_spec, load_embedder
 from geofm.sentinel2 import band_tag
+from geofm.steps.base import Step, UnitOutput
 
-STEP = "embed"
 STATUS_OK, STATUS_MISSING, STATUS_CLOUD, STATUS_FAILED = "ok", "skipped-missing", "skipped-cloud", "failed"
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,6 @@ def get_embedder(cfg: PipelineConfig) -> Embedder:
     return _EMBEDDERS[key]
 
 
-def load_model(cfg: PipelineConfig) -> None:
-    """Worker set-up: load the model before the first scene (errors surface before any work)."""
-    get_embedder(cfg)
-
-
 def model_bands(cfg: PipelineConfig, spec: ModelSpec) -> list[str]:
     """Bands fed to the model: ``cfg.embed_bands``, else the model's bands that step 1 chipped
     (``s2_bands``), in the model's order. Clay takes any subset (its patch embedding is conditioned on
@@ -58,30 +52,25 @@ def model_bands(cfg: PipelineConfig, spec: ModelSpec) -> list[str]:
         bands = list(cfg.embed_bands)
         unknown = [b for b in bands if b not in spec.bands]
         if unknown:
-            raise ValueError(f"model {spec.name} does not take bands {unknown}; it takes {list(spec.bands)}")
+            raise ModelError(f"model {spec.name} does not take bands {unknown}; it takes {list(spec.bands)}")
         not_chipped = [b for b in bands if b not in cfg.s2_bands]
         if not_chipped:
-            raise ValueError(f"embed_bands {not_chipped} were not chipped by step 1 "
+            raise ConfigError(f"embed_bands {not_chipped} were not chipped by step 1 "
                              f"(s2_bands {cfg.s2_bands})")
     else:
         bands = [b for b in spec.bands if b in cfg.s2_bands]
         if not bands:
-            raise ValueError(f"none of model {spec.name}'s bands {list(spec.bands)} is in "
+            raise ConfigError(f"none of model {spec.name}'s bands {list(spec.bands)} is in "
                              f"s2_bands {cfg.s2_bands}")
     if spec.kind == "spectral":
         missing = [b for b in spectral.REQUIRED_BANDS if b not in bands]
         if missing:
-            raise ValueError(f"model spectral needs at least bands {list(spectral.REQUIRED_BANDS)}; "
+            raise ConfigError(f"model spectral needs at least bands {list(spectral.REQUIRED_BANDS)}; "
                              f"the bands given lack {missing}")
     return bands
 
 
-# ---- units and reading ------------------------------------------------------------------------------
-def units(cfg: PipelineConfig) -> list[str]:
-    """Scene ids that have a chip meta file (written by step 1), sorted."""
-    return cfg.layout.meta_scene_ids()
-
-
+# ---- reading -------------------------------------------------------------------------------------
 read_meta = geoparquet.read
 write_meta = geoparquet.write  # atomic: one PUT or rename
 
@@ -114,34 +103,6 @@ def _as_datetime(value: Any) -> datetime:
     return ts.to_pydatetime()
 
 
-# ---- completeness -----------------------------------------------------------------------------------
-def is_embedded(cfg: PipelineConfig, meta: pd.DataFrame) -> bool:
-    """The meta says this model embedded the scene with the current limits, and every file exists."""
-    need = {"model", "embedding_status", "s3_location_cls_emb", "s3_location_patch_emb"}
-    if not need <= set(meta.columns):
-        return False
-    if len(meta) == 0:
-        return True
-    if (meta["model"] != cfg.model).any():
-        return False
-    spec = get_model_spec(cfg.model)
-    tag = band_tag(model_bands(cfg, spec))
-    for _, row in meta.iterrows():
-        status = row["embedding_status"]
-        if status == STATUS_FAILED or (status != STATUS_OK and chip_status(row, cfg) == STATUS_OK):
-            return False
-        if status != STATUS_OK:
-            continue
-        if chip_status(row, cfg) != STATUS_OK:
-            return False
-        urls = [row["s3_location_cls_emb"]]
-        if cfg.patch_embeddings:
-            urls.append(row["s3_location_patch_emb"])
-        if any(not isinstance(u, str) or f"_{tag}_" not in u or not storage.exists(u) for u in urls):
-            return False
-    return True
-
-
 # ---- one scene --------------------------------------------------------------------------------------
 def _batches(items: list[int], size: int) -> Iterator[list[int]]:
     for i in range(0, len(items), size):
@@ -159,13 +120,11 @@ def _load_batch(meta: pd.DataFrame, idx: list[int], bands: list[str]) -> list[tu
     return out
 
 
-def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
-    """Embed one scene's chips; ``{"skipped": True}`` when already embedded with this model."""
+def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
+    """Embed one scene's chips: .npy files, then the meta with the embedding columns."""
     layout = cfg.layout
     meta_url = layout.meta(scene_id)
     meta = read_meta(meta_url).reset_index(drop=True)
-    if not cfg.force and is_embedded(cfg, meta):
-        return {"skipped": True}
     spec = get_model_spec(cfg.model)
     bands = model_bands(cfg, spec)
     tag = band_tag(bands)
@@ -212,7 +171,7 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
                     storage.write_bytes(patch_urls[i], npy_bytes(patch[k]))
 
     if todo and STATUS_OK not in status:  # nothing embedded: the scene failed, say why
-        raise RuntimeError(f"scene {scene_id}: no chip could be embedded ({first_error})")
+        raise SceneError(f"scene {scene_id}: no chip could be embedded ({first_error})")
     for i in range(n):
         if status[i] == STATUS_OK:
             grid, x, y = meta.at[i, "mgrs_grid"], int(meta.at[i, "x_dim"]), int(meta.at[i, "y_dim"])
@@ -228,25 +187,43 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
     meta["model"] = cfg.model
     meta["embedding_dim"] = spec.embedding_dim
     meta["embedding_status"] = pd.Series(status, dtype=object)
-    write_meta(meta_url, meta)  # last: the meta says what exists
-    return {
+    write_meta(meta_url, meta)
+    files = [u for u in (*cls_urls, *patch_urls) if u is not None]
+    return UnitOutput([*files, meta_url], {
         "embedded": status.count(STATUS_OK),
         "skipped_missing": status.count(STATUS_MISSING),
         "skipped_cloud": status.count(STATUS_CLOUD),
         "failed_chips": status.count(STATUS_FAILED),
         "model": cfg.model,
-    }
+    })
 
 
-def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
-    """Embed every scene with a chip meta file, in one model worker per device (see module doc)."""
-    spec = get_model_spec(cfg.model)  # an unknown model is an error before any work
-    model_bands(cfg, spec)
-    scenes = units(cfg)
-    if not scenes:
-        log.warning("no chip meta under %s; run `geofm preprocess` first", cfg.layout.meta_dir)
-    # locally: one model worker per GPU, or one in-process worker on CPU (a pool would load the model N
-    # times over the same cores); on Ray: one actor per GPU (see executors.map_units)
-    workers = 1 if cfg.executor == "local" and not local_model_devices(cfg) else cfg.workers
-    return map_units(process_unit, cfg, scenes, STEP, workers=workers, quiet=quiet,
-                     model_actor=True, actor_setup=load_model)
+class Embed(Step):
+    """Step 2 over the scenes step 1 chipped (see the module doc)."""
+
+    name: ClassVar[str] = "embed"
+    params: ClassVar[tuple[str, ...]] = ("model", "checkpoint", "embed_bands", "patch_embeddings",
+                                         "embed_max_missing", "embed_max_cloud")
+    model_worker: ClassVar[bool] = True
+
+    def check(self, cfg: PipelineConfig) -> None:
+        spec = get_model_spec(cfg.model)
+        model_bands(cfg, spec)
+        if cfg.chip_size % spec.patch_size:
+            raise ConfigError(f"chip_size {cfg.chip_size} is not a multiple of {cfg.model}'s patch size "
+                              f"{spec.patch_size}")
+        check_weights(cfg.model, cfg.checkpoint)  # no weights: say so before hours of chipping
+
+    def units(self, cfg: PipelineConfig) -> list[str]:
+        """Scene ids that have a chip meta file (written by step 1), sorted."""
+        return cfg.layout.meta_scene_ids()
+
+    def inputs(self, cfg: PipelineConfig, unit: str) -> Any:
+        return {"preprocess": markers.upstream(cfg.layout, "preprocess", unit)}
+
+    def process(self, cfg: PipelineConfig, unit: str) -> UnitOutput:
+        return process_unit(cfg, unit)
+
+    def setup_worker(self, cfg: PipelineConfig) -> None:
+        """Load the model before the first scene (errors surface before any work)."""
+        get_embedder(cfg)

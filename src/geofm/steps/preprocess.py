@@ -1,15 +1,14 @@
 """Step 1: cut each scene into chips on its native UTM grid (NetCDF + PNG) and write its chip meta.
 
-One scene is one unit of work. Only the chips that meet the AOI are made (all with ``whole_tile``),
-and only their windows are read from the COGs, chip by chip, so memory stays bounded by a chip.
-File contents follow docs/formats.md; the meta GeoParquet is written last, so its presence (with
-every file it lists) means the scene is complete.
+One scene is one unit of work; its inputs are the item JSON (and the AOI). Only the chips that meet
+the AOI are made (all with ``whole_tile``), and only their windows are read from the COGs, chip by
+chip, so memory stays bounded by a chip. File contents follow docs/formats.md.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import geopandas as gpd
 import numpy as np
@@ -19,40 +18,22 @@ import xarray as xr
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from geofm import geoparquet, netcdf, sentinel2, storage, thumbnails
-from geofm.aoi import load_aoi
+from geofm import columns, geoparquet, netcdf, sentinel2, storage, thumbnails
+from geofm.aoi import aoi_identity, load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
 from geofm.config import PipelineConfig
-from geofm.executors import map_units
-from geofm.report import StepReport
+from geofm.digest import digest_bytes
+from geofm.errors import SceneError
 from geofm.scene import SceneReader, item_datetime, load_item
+from geofm.steps.base import Step, UnitOutput
 
-STEP = "preprocess"
 NETCDF_ENGINE = "h5netcdf"  # the engine that reads the chips back
 # ISA-L deflate level (geofm.netcdf) with the shuffle filter: smaller and ~6x faster than zlib level 1
 NETCDF_COMPLEVEL = 2
 log = logging.getLogger(__name__)
 
-META_COLUMNS = [
-    "x_dim", "y_dim", "chip_id", "date", "datetime", "aoi_name", "origin_tile", "mgrs_grid", "chip_size",
-    "gsd", "file_name", "geometry", "crs", "utm_minx", "utm_miny", "utm_maxx", "utm_maxy", "centroid_lat",
-    "centroid_lon", "cloud_cover_perc", "missing_data_perc", "s3_location_netcdf",
-    "s3_location_png_thumbnail",
-]
-
-
-def units(cfg: PipelineConfig) -> list[str]:
-    """Scene ids of the items in the input layout (``<scene_id>_metadata.json``), sorted."""
-    return cfg.layout.scene_ids()
-
-
-def aoi_url(cfg: PipelineConfig) -> str:
-    """The AOI this step selects chips with: ``cfg.aoi`` if given, else the one in the input layout."""
-    return cfg.aoi or cfg.layout.aoi_geojson
-
-
 def _aoi(cfg: PipelineConfig) -> BaseGeometry | None:
-    return None if cfg.whole_tile else load_aoi(aoi_url(cfg))
+    return None if cfg.whole_tile else load_aoi(cfg.aoi_url)
 
 
 # ---- quality shares -------------------------------------------------------------------------------
@@ -104,9 +85,9 @@ def netcdf_bytes(ds: xr.Dataset) -> bytes:
 # ---- meta ---------------------------------------------------------------------------------------
 def _meta_frame(rows: list[dict[str, Any]]) -> gpd.GeoDataFrame:
     if not rows:
-        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in META_COLUMNS if c != "geometry"})
-        return gpd.GeoDataFrame(empty, geometry=gpd.GeoSeries([], crs=WGS84), crs=WGS84)[META_COLUMNS]
-    return gpd.GeoDataFrame(pd.DataFrame(rows), geometry="geometry", crs=WGS84)[META_COLUMNS]
+        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in columns.META if c != "geometry"})
+        return gpd.GeoDataFrame(empty, geometry=gpd.GeoSeries([], crs=WGS84), crs=WGS84)[list(columns.META)]
+    return gpd.GeoDataFrame(pd.DataFrame(rows), geometry="geometry", crs=WGS84)[list(columns.META)]
 
 
 def write_meta(url: str, rows: list[dict[str, Any]]) -> None:
@@ -116,29 +97,10 @@ def write_meta(url: str, rows: list[dict[str, Any]]) -> None:
 read_meta = geoparquet.read
 
 
-FILE_COLUMNS = ("s3_location_netcdf", "s3_location_png_thumbnail")
-
-
-def is_complete(cfg: PipelineConfig, scene_id: str) -> bool:
-    """The scene's meta exists, was made with this chip size, and every file it lists exists."""
-    url = cfg.layout.meta(scene_id)
-    if not storage.exists(url):
-        return False
-    try:
-        meta = read_meta(url)
-    except Exception:  # a foreign or torn file counts as absent
-        return False
-    if len(meta) and (meta["chip_size"] != cfg.chip_size).any():
-        return False
-    return all(storage.exists(f) for c in FILE_COLUMNS for f in meta[c])
-
-
 # ---- one scene ----------------------------------------------------------------------------------
-def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
-    """Chip one scene; ``{"skipped": True}`` when its outputs are complete (unless ``cfg.force``)."""
+def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
+    """Chip one scene: its chip files, then its meta (the outputs the unit's marker records)."""
     layout = cfg.layout
-    if not cfg.force and is_complete(cfg, scene_id):
-        return {"skipped": True}
     grid_code = sentinel2.parse_scene_id(scene_id).grid
     item_url = layout.scene_metadata(scene_id)
     item = load_item(item_url, scene_id)
@@ -154,24 +116,10 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
             data = reader.read_chip(grid, chip)
             rows.append(_write_chip(cfg, scene_id, grid_code, grid, chip, data, bands, when,
                                     reader.offset))
-    stale = _stale_files(layout.meta(scene_id), rows)
-    write_meta(layout.meta(scene_id), rows)  # last: its presence means the scene is complete
-    for url in stale:  # chips of an earlier run that this run no longer makes (the AOI changed, say)
-        storage.remove(url)
-    return {"chips": len(rows), "grid": f"{grid.n_cols}x{grid.n_rows}", "crs": grid.crs,
-            "removed_stale_files": len(stale)}
-
-
-def _stale_files(meta_url: str, rows: list[dict[str, Any]]) -> list[str]:
-    """Chip files listed by the scene's previous meta that the new rows do not list."""
-    try:
-        old = read_meta(meta_url) if storage.exists(meta_url) else None
-    except Exception:  # a torn or foreign meta: nothing known to clean
-        return []
-    if old is None or old.empty:
-        return []
-    keep = {r[c] for r in rows for c in FILE_COLUMNS}
-    return sorted({u for c in FILE_COLUMNS for u in old[c] if isinstance(u, str)} - keep)
+    write_meta(layout.meta(scene_id), rows)
+    files = [r[c] for r in rows for c in columns.FILE_COLUMNS]
+    return UnitOutput([*files, layout.meta(scene_id)],
+                      {"chips": len(rows), "grid": f"{grid.n_cols}x{grid.n_rows}", "crs": grid.crs})
 
 
 def planned_chips(cfg: PipelineConfig, scene_id: str) -> int:
@@ -212,12 +160,27 @@ def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGr
     }
 
 
-def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
-    """Chip every scene of the input layout in parallel; failures are reported, the others finish."""
-    if not cfg.whole_tile:
-        load_aoi(aoi_url(cfg))  # a bad or missing AOI is an error before any work
-    scenes = units(cfg)
-    if not scenes:
-        log.warning("no scene items under %s; run `geofm discover` (or `geofm synth`) first",
-                    cfg.layout.scenes_dir)
-    return map_units(process_unit, cfg, scenes, STEP, workers=cfg.workers, quiet=quiet)
+class Preprocess(Step):
+    """Step 1 over the scenes of the input layout (see the module doc)."""
+
+    name: ClassVar[str] = "preprocess"
+    params: ClassVar[tuple[str, ...]] = ("processing_level", "s2_bands", "chip_size", "whole_tile")
+
+    def check(self, cfg: PipelineConfig) -> None:
+        if not cfg.whole_tile:
+            load_aoi(cfg.aoi_url)  # a bad or missing AOI is an error before any work
+
+    def units(self, cfg: PipelineConfig) -> list[str]:
+        """Scene ids of the items in the input layout (``<scene_id>_metadata.json``), sorted."""
+        return cfg.layout.scene_ids()
+
+    def inputs(self, cfg: PipelineConfig, unit: str) -> Any:
+        url = cfg.layout.scene_metadata(unit)
+        try:
+            item = digest_bytes(storage.read_bytes(url))
+        except FileNotFoundError as exc:
+            raise SceneError(f"scene {unit}: item JSON not found: {url}") from exc
+        return {"item": item, "aoi": None if cfg.whole_tile else aoi_identity(cfg.aoi_url)}
+
+    def process(self, cfg: PipelineConfig, unit: str) -> UnitOutput:
+        return process_unit(cfg, unit)

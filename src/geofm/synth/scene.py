@@ -20,10 +20,11 @@ from pyproj import Transformer
 from rasterio.windows import Window
 from shapely.geometry import box, mapping
 
-from geofm import layout, storage
+from geofm import storage
 from geofm.aoi import to_feature_collection
 from geofm.layout import Layout
 from geofm.sentinel2 import BANDS, BOA_ADD_OFFSET, SCL_NAME, TILE_EXTENT_M, VISUAL_NAME, utm_epsg
+from geofm.synth import paths
 from geofm.synth import spectra as sp
 from geofm.synth.items import BASELINE_04_START, build_item, platform_on
 from geofm.synth.mgrs import parse_grid, tile_origin
@@ -201,7 +202,7 @@ def synthesize(
     scl_counts = [np.zeros(12, np.int64) for _ in dates]
     blocksize = 512 if n10 >= 4096 else (256 if n10 >= 1024 else 64)
     strip_h = max(6, min(pad, (2_000_000 // pad) // 6 * 6))
-    archive = layout.synth_archive_dir(root)
+    archive = paths.archive_dir(root)
     tmp = Path(tempfile.mkdtemp(prefix="geofm-synth-"))
     try:
         with ExitStack() as stack:
@@ -219,17 +220,17 @@ def synthesize(
         for sid in scene_ids:
             hrefs: dict[str, str] = {}
             for b in BANDS:
-                url = layout.synth_asset(root, sid, f"{b.band_id}.tif")
+                url = paths.asset(root, sid, f"{b.band_id}.tif")
                 size = blocksize if b.resolution == 10 else max(64, blocksize // 2)
                 _to_cog(w.files[(sid, b.band_id)], url, size, "average")
                 hrefs[b.name] = url
-            hrefs[SCL_NAME] = layout.synth_asset(root, sid, "SCL.tif")
+            hrefs[SCL_NAME] = paths.asset(root, sid, "SCL.tif")
             _to_cog(w.files[(sid, "SCL")], hrefs[SCL_NAME], max(64, blocksize // 2), "nearest")
-            hrefs[VISUAL_NAME] = layout.synth_asset(root, sid, "TCI.tif")
+            hrefs[VISUAL_NAME] = paths.asset(root, sid, "TCI.tif")
             _to_cog(w.files[(sid, "TCI")], hrefs[VISUAL_NAME], blocksize, "average")
-            _to_cog(w.files[(sid, "LC")], layout.synth_landcover(root, grid, sid), blocksize, "nearest")
+            _to_cog(w.files[(sid, "LC")], paths.landcover(root, grid, sid), blocksize, "nearest")
             hrefs_of[sid] = {k: _absolute(v) for k, v in hrefs.items()}
-        _to_cog(w.files[("base", "LC")], layout.synth_landcover(root, grid), blocksize, "nearest")
+        _to_cog(w.files[("base", "LC")], paths.landcover(root, grid), blocksize, "nearest")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -249,17 +250,17 @@ def synthesize(
         assert item["id"] == sid
         items.append(item)
 
-    items_path = layout.synth_items(root, grid)
+    items_path = paths.items(root, grid)
     storage.write_json(items_path, {"type": "FeatureCollection", "features": items})
     aoi_geom = _to_wgs84(box(x0 + AOI_SPAN[0] * extent_m, y0 - AOI_SPAN[1] * extent_m,
                              x0 + AOI_SPAN[1] * extent_m, y0 - AOI_SPAN[0] * extent_m), epsg)
     aoi_fc = to_feature_collection(aoi_geom, aoi_name)
-    aoi_path = layout.synth_aoi(root, grid, aoi_name)
+    aoi_path = paths.aoi(root, grid, aoi_name)
     storage.write_json(aoi_path, aoi_fc)
-    truth_path = layout.synth_truth(root, grid)
+    truth_path = paths.truth(root, grid)
     storage.write_json(truth_path, _truth(changes, origin, epsg, grid))
     classes = [{"id": c.id, "name": c.name, "colour": c.colour} for c in sp.CLASSES]
-    storage.write_json(layout.synth_classes(root, grid), classes)
+    storage.write_json(paths.classes(root, grid), classes)
     if into_layout:
         lay = Layout(root, aoi_name)
         for item in items:
@@ -269,8 +270,8 @@ def synthesize(
         root=root, aoi_name=aoi_name, grid=grid, epsg=epsg, crs=crs, origin=origin,
         transform=Affine(10, 0, x0, 0, -10, y0), extent_m=float(extent_m), shape=shapes[10], dates=dates,
         scene_ids=scene_ids, items=items, items_path=items_path, aoi_path=aoi_path, truth_path=truth_path,
-        landcover_path=layout.synth_landcover(root, grid),
-        landcover_paths={s: layout.synth_landcover(root, grid, s) for s in scene_ids},
+        landcover_path=paths.landcover(root, grid),
+        landcover_paths={s: paths.landcover(root, grid, s) for s in scene_ids},
         classes=classes, changes=changes, sky={s: p.kind for s, p in zip(scene_ids, plans, strict=True)},
         cloud_cover={it["id"]: it["properties"]["eo:cloud_cover"] for it in items}, archive_dir=archive,
     )
