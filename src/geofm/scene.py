@@ -27,10 +27,7 @@ from rasterio.windows import Window
 
 from geofm import sentinel2, storage
 from geofm.chips import Chip, ChipGrid
-
-
-class SceneError(ValueError):
-    """A scene cannot be read; the message names the scene and, where it applies, the asset."""
+from geofm.errors import SceneError
 
 
 def load_item(url: str, scene_id: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from geofm import storage
 from geofm.errors import InputError
 from geofm.finetune.data import RasterInfo, expand_images, model_bands, normalise, raster_info, read_window
 from geofm.finetune.module import SegmentationModule
+from geofm.models.spec import get_model_spec
 from geofm.sentinel2 import band
 
 
@@ -102,7 +103,7 @@ def predict_array(
     cfg = module.cfg
     tile = tile or cfg.chip_size
     overlap = tile // 2 if overlap is None else overlap
-    patch = module.encoder.patch_size
+    patch = get_model_spec(cfg.model).patch_size
     if tile % patch or not 0 <= overlap < tile:
         raise InputError(f"tile {tile} must be a multiple of the patch size {patch} and overlap {overlap} "
                          "in 0..tile-1")
