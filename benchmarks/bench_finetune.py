@@ -28,7 +28,7 @@ from geofm.finetune.config import SegmentationConfig
 from geofm.finetune.data import SegmentationDataset, prepare_data
 from geofm.finetune.module import SegmentationModule, segmentation_loss
 from geofm.finetune.train import train
-from geofm.steps import preprocess
+from geofm.pipeline import run_pipeline
 from geofm.synth import synthesize
 
 
@@ -61,9 +61,9 @@ def step_seconds(modules: dict[str, SegmentationModule], batch: dict[str, torch.
 
 def make_data(root: Path, extent_m: float) -> tuple[list[str], str, list[dict]]:
     res = synthesize(str(root), "bench", "33TWL", [date(2023, 6, 1), date(2023, 7, 1)], extent_m=extent_m, seed=1)
-    report = preprocess.run(PipelineConfig(aoi_name="bench", output_root=str(root), chip_size=64, whole_tile=True,
-                                           workers=1), quiet=True)
-    assert report.ok, report.summary()
+    record = run_pipeline(PipelineConfig(aoi_name="bench", output_root=str(root), chip_size=64, whole_tile=True,
+                                         workers=1), ["preprocess"])
+    assert record.ok, record.summary()
     chips = sorted(glob.glob(f"{root}/output/bench/raw-chips/**/*.nc", recursive=True))
     classes = [{"id": c["id"], "name": c["name"], "color": c["colour"]} for c in res.classes]
     return chips, res.landcover_path, classes

@@ -61,7 +61,7 @@ def run_ours(item: dict, aoi: str, chip_size: int, out: Path) -> int:
     cfg = PipelineConfig(aoi_name="bench", aoi=aoi, output_root=str(out), chip_size=chip_size, force=True)
     Path(cfg.layout.scene_metadata(item["id"])).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.layout.scene_metadata(item["id"])).write_text(json.dumps(item))
-    return int(preprocess.process_unit(cfg, item["id"])["chips"])
+    return int(preprocess.process_unit(cfg, item["id"]).info["chips"])
 
 
 def run_reference(item: dict, aoi: str, chip_size: int, out: Path) -> int:

@@ -14,6 +14,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from geofm import storage
+from geofm.errors import InputError
 
 
 def _client(env: dict[str, str]):
@@ -128,7 +129,7 @@ def test_ensure_writable_ok_leaves_no_probe(s3_bucket: str, s3_env: dict[str, st
 
 
 def test_ensure_writable_missing_bucket(s3_env: dict[str, str]) -> None:
-    with pytest.raises(PermissionError, match="s3://geofm-no-such-bucket/out"):
+    with pytest.raises(InputError, match="s3://geofm-no-such-bucket/out"):
         storage.ensure_writable("s3://geofm-no-such-bucket/out")
 
 
@@ -137,7 +138,7 @@ def test_ensure_writable_read_only_bucket(s3_bucket: str, s3_env: dict[str, str]
         "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
         "Resource": f"arn:aws:s3:::{s3_bucket}/*"}]}
     _client(s3_env).put_bucket_policy(Bucket=s3_bucket, Policy=json.dumps(deny_writes))
-    with pytest.raises(PermissionError, match=f"s3://{s3_bucket}/out.*not writable"):
+    with pytest.raises(InputError, match=f"s3://{s3_bucket}/out.*not writable"):
         storage.ensure_writable(f"s3://{s3_bucket}/out")
 
 

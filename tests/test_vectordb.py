@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from geofm import vectordb
 from geofm.cli import app
+from geofm.errors import ConfigError, InputError, NotFoundError
 from geofm.layout import Layout
-from geofm.vectordb import VectorDBError, replace_aoi_rows, rows_table, search
+from geofm.vectordb import replace_aoi_rows, rows_table, search
 
 DIM = 32
 DATES = [date(2023, 3, 1), date(2023, 6, 1), date(2023, 9, 1)]
@@ -75,19 +76,19 @@ def test_filters(db):
 
 
 def test_bad_queries(db):
-    with pytest.raises(VectorDBError, match="chip '77_77' is not in the vector DB"):
+    with pytest.raises(NotFoundError, match="chip '77_77' is not in the vector DB"):
         search(db, chip_id="77_77", date="2023-06-01")
-    with pytest.raises(VectorDBError, match="no row for date 2023-06-02; its dates: 2023-03-01"):
+    with pytest.raises(NotFoundError, match="no row for date 2023-06-02; its dates: 2023-03-01"):
         search(db, chip_id="0_0", date="2023-06-02")
-    with pytest.raises(VectorDBError, match="query vector has 3 values"):
+    with pytest.raises(InputError, match="query vector has 3 values"):
         search(db, vector=[1.0, 2.0, 3.0])
-    with pytest.raises(VectorDBError, match="bbox '1,2,3': expected four numbers"):
+    with pytest.raises(InputError, match="bbox '1,2,3': expected four numbers"):
         search(db, chip_id="0_0", date="2023-06-01", bbox="1,2,3")
-    with pytest.raises(VectorDBError, match="k must be at least 1"):
+    with pytest.raises(InputError, match="k must be at least 1"):
         search(db, chip_id="0_0", date="2023-06-01", k=0)
-    with pytest.raises(VectorDBError, match="needs chip_id and date, or a vector"):
+    with pytest.raises(InputError, match="needs chip_id and date, or a vector"):
         search(db, chip_id="0_0")
-    with pytest.raises(VectorDBError, match="no table 'nope'"):
+    with pytest.raises(NotFoundError, match="no table 'nope'"):
         search(db, chip_id="0_0", date="2023-06-01", table="nope")
 
 
@@ -121,7 +122,7 @@ def test_ann_index_built_and_agrees_with_exact(tmp_path):
     assert pq["vector_index"] == "IVF_PQ"
     assert (search(str(tmp_path / "db3"), chip_id="0_0", date="2023-06-01", k=5, exact=False)["cls"]
             == "water").all()
-    with pytest.raises(VectorDBError, match="unknown vector index type 'FLAT'"):
+    with pytest.raises(ConfigError, match="unknown vector index type 'FLAT'"):
         replace_aoi_rows(str(tmp_path / "db4"), rows_table(df, vecs), "t", index_min_rows=1, index_type="FLAT")
 
 

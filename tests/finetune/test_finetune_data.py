@@ -20,6 +20,7 @@ from rasterio.warp import calculate_default_transform, reproject
 from shapely.geometry import box
 from shapely.ops import transform as shp_transform
 
+from geofm.errors import ConfigError, NotFoundError
 from geofm.finetune.config import SegmentationConfig
 from geofm.finetune.data import (
     ChipRef,
@@ -253,7 +254,7 @@ def test_vector_label_errors(tmp_path: Path) -> None:
         LabelSource(str(path), cfg_for(tmp_path, [image], str(path)))
     with pytest.raises(ValueError, match=r"no column 'kind'"):
         LabelSource(str(path), cfg_for(tmp_path, [image], str(path), label_attribute="kind"))
-    with pytest.raises(FileNotFoundError, match="labels not found"):
+    with pytest.raises(NotFoundError, match="labels not found"):
         LabelSource(str(tmp_path / "missing.geojson"), cfg_for(tmp_path, [image], str(path)))
 
 
@@ -268,9 +269,9 @@ def test_image_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"nameless.tif.*set `bands`"):
         raster_info(str(nameless))
     assert raster_info(str(nameless), ["B04", "B08"]).band_names == ("B04", "B08")
-    with pytest.raises(FileNotFoundError, match="no image rasters match"):
+    with pytest.raises(NotFoundError, match="no image rasters match"):
         expand_images([str(tmp_path / "nothing*.tif")])
-    with pytest.raises(FileNotFoundError, match="image raster not found"):
+    with pytest.raises(NotFoundError, match="image raster not found"):
         expand_images([str(tmp_path / "absent.tif")])
     with pytest.raises(ValueError, match="none of the bands"):
         model_bands(["B01", "B10"])
@@ -278,7 +279,7 @@ def test_image_errors(tmp_path: Path) -> None:
 
 def test_config_errors(tmp_path: Path) -> None:
     ok = dict(images=["a.tif"], labels="l.tif", classes=CLASSES)
-    with pytest.raises(ValidationError, match="multiple of the patch size"):
+    with pytest.raises(ValidationError, match="chip_size 30 is not a multiple of clay-tiny's patch size 8"):
         SegmentationConfig(**ok, chip_size=30)
     with pytest.raises(ValidationError, match="class ids repeat"):
         SegmentationConfig(**{**ok, "classes": CLASSES + [{"id": 1, "name": "again"}]})
@@ -294,7 +295,7 @@ def test_config_errors(tmp_path: Path) -> None:
     assert cfg.images == [str(tmp_path / "a.tif")] and cfg.chip_size == 64  # paths relative to the file
     assert cfg.num_classes == 5 and cfg.class_names[2] == "water"
     assert cfg.colormap()[2] == (0x15, 0x65, 0xC0, 255) and cfg.colormap()[0][3] == 0
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="config file not found: .*absent.yaml"):
         SegmentationConfig.from_yaml(tmp_path / "absent.yaml")
 
 
@@ -328,6 +329,6 @@ def test_cli_reports_bad_config_clearly(tmp_path: Path) -> None:
     r = runner.invoke(app, ["finetune", "train", "--config", str(path), "--set", "epochz=3"])
     assert r.exit_code == 2 and "unknown parameter 'epochz'" in r.output
     r = runner.invoke(app, ["finetune", "train", "--config", str(path), "--set", "chip_size=20"])
-    assert r.exit_code == 2 and "multiple of the patch size" in r.output
+    assert r.exit_code == 2 and "chip_size 20 is not a multiple of clay-tiny's patch size 8" in " ".join(r.output.split())
     r = runner.invoke(app, ["finetune", "train", "--config", str(path)])
     assert r.exit_code == 2 and "image raster not found" in r.output

@@ -23,11 +23,11 @@ from geofm.finetune.data import prepare_data, raster_info, read_window
 from geofm.finetune.module import load_module
 from geofm.finetune.predict import predict_rasters
 from geofm.finetune.train import TrainResult, train
-from geofm.steps import preprocess
 from geofm.synth import synthesize
+from helpers import REPO, run_step
 
 pytestmark = pytest.mark.slow
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "segmentation.yaml"
+EXAMPLE = REPO / "examples" / "segmentation.yaml"
 MARGIN = 0.15  # the trained model's val mIoU must beat the majority-class baseline by this much
 
 
@@ -36,9 +36,9 @@ def synth_chips(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two clear dates of a 1.28 km synthetic scene, chipped by step 1 into 64 px NetCDF chips."""
     root = tmp_path_factory.mktemp("ft-synth")
     res = synthesize(str(root), "ft", "33TWL", [date(2023, 6, 1), date(2023, 7, 1)], extent_m=1280.0, seed=1)
-    report = preprocess.run(PipelineConfig(aoi_name="ft", output_root=str(root), chip_size=64, whole_tile=True,
-                                           workers=1), quiet=True)
-    assert report.ok
+    report = run_step(PipelineConfig(aoi_name="ft", output_root=str(root), chip_size=64, whole_tile=True,
+                                     workers=1), "preprocess")
+    assert report.ok, report.summary()
     chips = sorted(glob.glob(f"{root}/output/ft/raw-chips/**/*.nc", recursive=True))
     assert len(chips) == 8
     classes = [{"id": c["id"], "name": c["name"], "color": c["colour"]} for c in res.classes]

@@ -1,7 +1,8 @@
 """The Ray executor on a real two-node Ray cluster (loopback, own network namespace).
 
-Drivers are small scripts run inside the namespace; their unit functions live in ``__main__`` so Ray
-ships them by value, as it would any function of an installed module by reference.
+Drivers are small scripts run inside the namespace that map a ``UnitTask`` over units with the
+``RayExecutor``; their steps live in ``__main__`` so Ray ships them by value, as it would the steps of the
+installed package by reference.
 """
 
 from __future__ import annotations
@@ -18,59 +19,90 @@ from fixtures.s3_server import MotoServer
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 DRIVER = textwrap.dedent('''
-    import json, os, sys
+    import json, os, sys, time
     from pathlib import Path
+    from typing import ClassVar
 
     import ray
 
     from geofm import storage
     from geofm.config import PipelineConfig
-    from geofm.executors import map_units
+    from geofm.executors import UnitTask
+    from geofm.executors.ray import RayExecutor
+    from geofm.report import StepReport
+    from geofm.steps.base import Step, UnitOutput
 
     out, address, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    UNITS = ["bad", *[f"u{i}" for i in range(8)]]
     _MODEL = {}
 
-    def where(cfg, unit):
-        """Records the node and process it ran on; one unit fails on purpose."""
-        if unit == "bad":
-            raise ValueError("unit bad is broken on purpose")
-        import time
-        time.sleep(0.3)  # long enough that one node cannot take every unit
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "endpoint": os.environ.get("AWS_ENDPOINT_URL")}
+    class Where(Step):
+        """Records the node and process each unit ran on; one unit fails on purpose."""
+        name: ClassVar[str] = "test-where"
+        params: ClassVar[tuple[str, ...]] = ()
 
-    def with_model(cfg, unit):
-        """Loads its "model" on first use in a process (a module-level cache), counted by files."""
-        if "weights" not in _MODEL:
+        def units(self, cfg):
+            return UNITS
+
+        def inputs(self, cfg, unit):
+            return unit
+
+        def process(self, cfg, unit):
+            if unit == "bad":
+                raise ValueError("unit bad is broken on purpose")
+            time.sleep(0.3)  # long enough that one node cannot take every unit
+            return UnitOutput([], {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                                   "endpoint": os.environ.get("AWS_ENDPOINT_URL")})
+
+    class WithModel(Where):
+        """A model step: each long-lived worker loads its "model" once (counted by files)."""
+        name: ClassVar[str] = "test-model"
+        model_worker: ClassVar[bool] = True
+
+        def setup_worker(self, cfg):
             _MODEL["weights"] = os.getpid()
             (out / f"load-{os.getpid()}").write_text("loaded")
-        if unit == "bad":
-            raise ValueError("unit bad is broken on purpose")
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
-    def to_s3(cfg, unit):
+        def process(self, cfg, unit):
+            if _MODEL.get("weights") != os.getpid():
+                raise RuntimeError("model not loaded in this worker")
+            if unit == "bad":
+                raise ValueError("unit bad is broken on purpose")
+            return UnitOutput([], {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()})
+
+    class ToS3(Where):
         """Writes an object through geofm.storage: the worker must see the driver's AWS_* settings."""
-        url = f"{cfg.output_root}/{unit}.json"
-        storage.write_json(url, {"unit": unit, "node": ray.get_runtime_context().get_node_id()})
-        return {"url": url}
+        name: ClassVar[str] = "test-s3"
+
+        def units(self, cfg):
+            return [f"u{i}" for i in range(4)]
+
+        def process(self, cfg, unit):
+            url = f"{cfg.output_root}/{unit}.json"
+            storage.write_json(url, {"unit": unit, "node": ray.get_runtime_context().get_node_id()})
+            return UnitOutput([url], {"url": url})
+
+    def run(step, cfg):
+        results = []
+        with RayExecutor(cfg) as executor:
+            executor.map(UnitTask(step, cfg), step.units(cfg), results.append)
+        return StepReport(step.name, results)
 
     cfg = PipelineConfig(output_root=str(out), executor="ray", ray_address=address, retries=1)
-    ray.init(address=address)  # only to list nodes; map_units reuses this connection
+    ray.init(address=address)  # only to list nodes; the executor connects again
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     ray.shutdown()
     if mode == "tasks":
-        report = map_units(where, cfg, ["bad", *[f"u{i}" for i in range(8)]], "test-step", quiet=True)
+        report = run(Where(), cfg)
     elif mode == "actors":
-        report = map_units(with_model, cfg, ["bad", *[f"u{i}" for i in range(8)]], "test-step",
-                           quiet=True, model_actor=True)
+        report = run(WithModel(), cfg)
     else:
         import boto3
         bucket = "geofm-ray"
         boto3.client("s3").create_bucket(Bucket=bucket)
         cfg = cfg.model_copy(update={"output_root": f"s3://{bucket}/out"})
-        report = map_units(to_s3, cfg, [f"u{i}" for i in range(4)], "test-step", quiet=True)
-        readback = {u: storage.read_json(f"s3://{bucket}/out/{u}.json")
-                    for u in [f"u{i}" for i in range(4)]}
+        report = run(ToS3(), cfg)
+        readback = {u: storage.read_json(f"s3://{bucket}/out/{u}.json") for u in ToS3().units(cfg)}
         (out / "readback.json").write_text(json.dumps(readback))
     (out / "report.json").write_text(json.dumps({"nodes": nodes, "report": report.to_dict()}))
 ''')
@@ -122,11 +154,12 @@ def test_workers_write_the_drivers_bucket(ray_cluster: RayTestCluster, ray_clust
 def test_bad_ray_address_is_a_clear_error(ray_cluster: RayTestCluster, tmp_path: Path) -> None:
     script = tmp_path / "bad.py"
     script.write_text(textwrap.dedent('''
-        from geofm import ray_executor
         from geofm.config import PipelineConfig
+        from geofm.errors import RayError
+        from geofm.executors.ray import RayExecutor
         try:
-            ray_executor.connect(PipelineConfig(executor="ray", ray_address="127.0.0.1:1"))
-        except ConnectionError as exc:
+            RayExecutor(PipelineConfig(executor="ray", ray_address="127.0.0.1:1")).check()
+        except RayError as exc:
             print("ERROR:", exc)
     '''))
     proc = ray_cluster.python(script, timeout=180)

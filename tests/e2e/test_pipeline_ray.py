@@ -16,7 +16,7 @@ from fixtures.ray_cluster import RayTestCluster
 from geofm import storage
 from geofm.layout import Layout
 from geofm.synth import SynthResult
-from test_pipeline_e2e import assert_same, counts, geofm_exe, run_args, run_records, scene_subset
+from helpers import assert_same, counts, geofm_exe, run_args, run_records, scene_subset, stage_scenes
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -26,12 +26,10 @@ RUN_TIMEOUT_S = 420
 
 def stage_with_bad_scene(root: str, synth: SynthResult, scenes: list[str], bad: str, garbage: Path) -> Layout:
     """Items of ``scenes`` in the input layout; ``bad``'s red band points at a file of garbage bytes."""
-    lay = Layout(root, AOI)
-    for sid in scenes:
-        item = copy.deepcopy(synth.item(sid))
-        if sid == bad:
-            item["assets"]["red"]["href"] = str(garbage)
-        storage.write_json(lay.scene_metadata(sid), item)
+    lay = stage_scenes(root, AOI, synth, scenes)
+    item = copy.deepcopy(synth.item(bad))
+    item["assets"]["red"]["href"] = str(garbage)
+    storage.write_json(lay.scene_metadata(bad), item)
     return lay
 
 

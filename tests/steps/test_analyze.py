@@ -10,10 +10,14 @@ import pytest
 from sklearn.decomposition import PCA
 
 from fixtures.hand_embeddings import CHANGE_CHIP, CHANGE_INDEX, DATES, GRID, L, cid, write_hand_embeddings
-from geofm import change, storage
-from geofm.executors import map_units
+from geofm import change, markers, storage
+from geofm.errors import InputError, NotFoundError
+from geofm.executors import LocalExecutor, UnitTask
+from geofm.pipeline import run_pipeline
 from geofm.reduce import fit_pca, load_pca, save_pca
 from geofm.steps import analyze
+from geofm.steps.analyze import Analyze
+from helpers import run_step
 
 
 def _processed(lay, chip_id: str) -> gpd.GeoDataFrame:
@@ -23,8 +27,9 @@ def _processed(lay, chip_id: str) -> gpd.GeoDataFrame:
 
 def test_planted_change_detected_and_localised(hand_embeddings):
     cfg = hand_embeddings.cfg()
-    report = analyze.run(cfg, quiet=True)
-    assert report.ok and report.count("done") == 6, report.summary()
+    report = run_step(cfg, "analyze")
+    assert report.ok, report.summary()
+    assert report.results[0].unit == "pca" and report.count("done") == 1 + 6  # the PCA, then each chip
     lay = hand_embeddings.layout
     changed = _processed(lay, CHANGE_CHIP)
     assert list(changed["date"].dt.date) == DATES
@@ -48,7 +53,7 @@ def test_planted_change_detected_and_localised(hand_embeddings):
 
 
 def test_rows_limits_nan_and_missing_embeddings(hand_embeddings):
-    analyze.run(hand_embeddings.cfg(), quiet=True)
+    assert run_step(hand_embeddings.cfg(), "analyze").ok
     lay = hand_embeddings.layout
     limited = _processed(lay, cid(2, 0))  # dates 4 (cloudy) and 5 (missing data) dropped
     assert list(limited["date"].dt.date) == DATES[:4]
@@ -64,32 +69,37 @@ def test_rows_limits_nan_and_missing_embeddings(hand_embeddings):
 def test_baseline_first_clear_vs_first(tmp_path):
     data = write_hand_embeddings(str(tmp_path))
     cloudy = cid(2, 1)  # date 0 is 3 % cloudy
-    analyze.run(data.cfg(baseline="first-clear"), quiet=True)
+    assert run_step(data.cfg(baseline="first-clear"), "analyze").ok
     clear = _processed(data.layout, cloudy)
     assert clear["baseline_date"].iloc[0].date() == DATES[1]
     assert clear["cosine_sim"].iloc[1] == pytest.approx(1.0)
-    analyze.run(data.cfg(baseline="first", force=True), quiet=True)
+    # another baseline rule redoes every chip (no --force needed: the rule shapes the outputs)
+    assert run_step(data.cfg(baseline="first"), "analyze").count("done") == 1 + 6
     first = _processed(data.layout, cloudy)
     assert first["baseline_date"].iloc[0].date() == DATES[0]
     assert first["cosine_sim"].iloc[0] == pytest.approx(1.0)
     # a looser baseline cloud limit makes the 3 % date acceptable as 'first-clear'
-    analyze.run(data.cfg(baseline="first-clear", baseline_max_cloud=0.05, force=True), quiet=True)
+    assert run_step(data.cfg(baseline="first-clear", baseline_max_cloud=0.05), "analyze").ok
     assert _processed(data.layout, cloudy)["baseline_date"].iloc[0].date() == DATES[0]
 
 
 def test_pca_same_whichever_partition_projects_a_chip(tmp_path):
     data = write_hand_embeddings(str(tmp_path))
     cfg = data.cfg()
-    model = analyze.prepare(cfg)
+    step = Analyze()
+    (fitted,) = step.prepare(cfg)  # the global PCA, once, before any chip
+    assert fitted.unit == "pca" and fitted.status == "done"
+    model = load_pca(data.layout.reducer_model("pca"))
     assert model.sample_size > 2 and model.kind == "patch"
-    units = analyze.units(cfg)
+    units = step.units(cfg)
     assert len(units) == 6 and units[0] == f"{GRID}/{cid(0, 0)}"
     target = f"{GRID}/{CHANGE_CHIP}"
+    forced = cfg.model_copy(update={"force": True, "workers": 2})
     values = []
     for part in ([target, units[0]], [units[-1], units[2], target]):  # two partitions, two orders, 2 workers
-        report = map_units(analyze.process_unit, cfg.model_copy(update={"force": True}), part, "analyze-test",
-                           workers=2, quiet=True)
-        assert report.ok, report.summary()
+        results = []
+        LocalExecutor(forced).map(UnitTask(step, forced), part, results.append)
+        assert [r.status for r in results] == ["done"] * len(part), results
         values.append(_processed(data.layout, CHANGE_CHIP)[["patch_emb_pca_1", "patch_emb_pca_2"]].to_numpy())
     np.testing.assert_array_equal(values[0], values[1])
     # and they are the global model's projection of the chip's embeddings
@@ -97,8 +107,11 @@ def test_pca_same_whichever_partition_projects_a_chip(tmp_path):
     embs = np.stack([analyze.load_embedding(u).ravel() for u in rows["s3_location_patch_emb"]])
     np.testing.assert_allclose(values[0], model.transform(embs), rtol=1e-10)
     # refitting from scratch (another run) gives the identical model: seeded global sample
-    again = analyze.prepare(cfg.model_copy(update={"force": True}))
+    (refitted,) = step.prepare(cfg.model_copy(update={"force": True}))
+    assert refitted.status == "done"
+    again = load_pca(data.layout.reducer_model("pca"))
     np.testing.assert_array_equal(again.components, model.components)
+    assert again.model_id == model.model_id
 
 
 def test_fit_pca_matches_sklearn_and_roundtrips(tmp_path):
@@ -112,10 +125,10 @@ def test_fit_pca_matches_sklearn_and_roundtrips(tmp_path):
         np.testing.assert_allclose(ours.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-6)
         np.testing.assert_allclose(np.abs(ours.transform(data)), np.abs(ref.transform(data)), atol=1e-6)
     url = str(tmp_path / "pca_model.npz")
-    m = fit_pca(x, 3, kind="cls", seed=7, fingerprint="abc")
+    m = fit_pca(x, 3, kind="cls", seed=7)
     save_pca(m, url)
     back = load_pca(url)
-    assert (back.kind, back.seed, back.sample_size, back.fingerprint) == ("cls", 7, 40, "abc")
+    assert (back.kind, back.seed, back.sample_size, back.model_id) == ("cls", 7, 40, m.model_id)
     np.testing.assert_array_equal(back.components, m.components)
     assert set(np.load(url, allow_pickle=False).files) >= {"mean", "components", "explained_variance_ratio",
                                                             "kind", "sample_size", "seed"}
@@ -123,16 +136,16 @@ def test_fit_pca_matches_sklearn_and_roundtrips(tmp_path):
 
 def test_rerun_skips_and_keeps_rows(hand_embeddings):
     cfg = hand_embeddings.cfg()
-    analyze.run(cfg, quiet=True)
+    assert run_step(cfg, "analyze").ok
     before = sum(len(_processed(hand_embeddings.layout, c)) for c in hand_embeddings.chips)
-    again = analyze.run(cfg, quiet=True)
-    assert again.count("skipped") == 6
+    again = run_step(cfg, "analyze")
+    assert again.count("skipped") == 1 + 6 and again.count("done") == 0  # the PCA and every chip
     assert sum(len(_processed(hand_embeddings.layout, c)) for c in hand_embeddings.chips) == before == 33  # 36 - 1 not embedded - 2 over the limits
 
 
 def test_cls_kind(hand_embeddings):
     cfg = hand_embeddings.cfg(embedding_kind="cls", n_components=3)
-    assert analyze.run(cfg, quiet=True).ok
+    assert run_step(cfg, "analyze").ok
     out = _processed(hand_embeddings.layout, CHANGE_CHIP)
     assert {"cls_emb_pca_1", "cls_emb_pca_3"} <= set(out.columns) and "patch_sim_map" not in out.columns
     assert out["cosine_sim"].iloc[-1] < out["cosine_sim"].iloc[0]
@@ -140,10 +153,10 @@ def test_cls_kind(hand_embeddings):
 
 def test_bad_inputs(tmp_path, hand_embeddings):
     empty = hand_embeddings.cfg(output_root=str(tmp_path / "nothing"))
-    report = analyze.run(empty, quiet=True)
-    assert not report.ok and "no chip meta in" in report.failed[0].error
+    with pytest.raises(NotFoundError, match="no embedded chip meta in .*run preprocess and embed first"):
+        run_pipeline(empty, ["analyze"])  # refused: nothing to analyse
     strict = hand_embeddings.cfg(analyze_max_cloud=0.0, analyze_max_missing=0.0, embedding_kind="cls")
-    with pytest.raises(ValueError, match="not an analyze unit: 'nonsense'"):
+    with pytest.raises(InputError, match="not an analyze unit: 'nonsense'"):
         analyze.parse_unit("nonsense")
     with pytest.raises(ValueError, match="unknown baseline rule 'last'"):
         change.baseline_index([0.0], "last")
@@ -151,9 +164,35 @@ def test_bad_inputs(tmp_path, hand_embeddings):
         change.patch_grid_side(10)
     with pytest.raises(ValueError, match="n_components 5 exceeds"):
         fit_pca(np.ones((3, 4)) + np.eye(3, 4), 5)
-    with pytest.raises(FileNotFoundError, match="PCA model not found"):
+    with pytest.raises(NotFoundError, match="PCA model not found"):
         load_pca(str(tmp_path / "missing.npz"))
     # a PCA fitted on another embedding kind is refused by the units
-    analyze.prepare(strict)
-    with pytest.raises(ValueError, match="fitted on 'cls' embeddings, not 'patch'"):
-        analyze.process_unit(hand_embeddings.cfg(), f"{GRID}/{CHANGE_CHIP}")
+    assert [r.status for r in Analyze().prepare(strict)] == ["done"]
+    result = UnitTask(Analyze(), hand_embeddings.cfg())(f"{GRID}/{CHANGE_CHIP}")
+    assert result.status == "failed" and result.error_kind == "input"
+    assert "fitted on 'cls' embeddings, not 'patch'" in result.error
+
+
+def test_analysis_reruns_when_step_2_embeds_a_new_date_or_redoes_a_scene(hand_embeddings):
+    """Step 3 reads what step 2 finished: a date embedded after the analysis ran (a scene that failed
+    before) brings every chip and the PCA back into the next run; a scene redone by step 2 too."""
+    cfg, lay = hand_embeddings.cfg(), hand_embeddings.layout
+    late = hand_embeddings.scene_ids[-1]
+    finished = markers.read(lay, "embed", late)
+    storage.remove(lay.marker("embed", late))  # step 2 has not finished the last date yet
+    assert run_step(cfg, "analyze").ok
+    assert DATES[-1] not in set(_processed(lay, CHANGE_CHIP)["date"].dt.date)
+    assert run_step(cfg, "analyze").count("done") == 0
+
+    markers.write(lay, finished)  # now it has
+    report = run_step(cfg, "analyze")
+    assert report.ok and report.count("done") == 1 + 6 and report.count("skipped") == 0
+    assert list(_processed(lay, CHANGE_CHIP)["date"].dt.date) == DATES
+    assert run_step(cfg, "analyze").count("done") == 0
+
+    # step 2 redoes one scene (its marker names another output): the analysis follows, for the chips that
+    # read a row of that scene (42_30 does not: its last date is over the missing-data limit)
+    markers.write(lay, markers.Marker("embed", late, "redone", finished.outputs))
+    report = run_step(cfg, "analyze")
+    assert {r.unit for r in report.results if r.status == "skipped"} == {f"{GRID}/{cid(2, 0)}"}
+    assert report.count("done") == 1 + 5

@@ -4,7 +4,6 @@ checkpoint, encodings against the formulas, and an independent functional forwar
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from geofm.models.clay import ClayEncoder, count_parameters, position_encoding
+from helpers import SHARED, perturbed_tiny
+from helpers import TINY_CLAY as TINY
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clay-parity-tiny-v15"
-TINY = dict(dim=72, depth=2, heads=4, dim_head=16)
+PARITY = SHARED / "reference" / "clay-parity-tiny-v15"
 
 
 def expected_keys(dim: int, depth: int, heads: int, dim_head: int) -> dict[str, tuple[int, ...]]:
@@ -195,17 +195,6 @@ def _reference_forward(sd: dict[str, torch.Tensor], pixels: torch.Tensor, time: 
                          sd[t + "1.net.3.weight"], sd[t + "1.net.3.bias"])
         i += 1
     return F.layer_norm(x, (dim,), sd["transformer.norm.weight"], sd["transformer.norm.bias"])
-
-
-def perturbed_tiny(seed: int = 3) -> ClayEncoder:
-    """Tiny encoder whose LayerNorm weights/biases and patch-embedding biases are not their init values."""
-    torch.manual_seed(seed)
-    model = ClayEncoder(**TINY).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.3)
-    return model
 
 
 def test_forward_matches_independent_reference_with_perturbed_norms() -> None:

@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from geofm import layout, storage
+from geofm import storage
 from geofm.cli import app
 from geofm.layout import Layout
-from geofm.synth import SynthResult
+from geofm.synth import SynthResult, paths
 from geofm.vectordb import search
-from test_pipeline_e2e import counts, run_records
+from helpers import counts, run_records
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +33,13 @@ def upload_archive(synth: SynthResult, scene_ids: list[str], archive_root: str) 
     """Copy the scenes' COGs into the bucket; return their items with every href pointing there."""
     items = []
     for sid in scene_ids:
-        local_dir = Path(layout.synth_scene_dir(synth.root, sid))
+        local_dir = Path(paths.scene_dir(synth.root, sid))
         for f in sorted(local_dir.iterdir()):
-            storage.upload_file(f, layout.synth_asset(archive_root, sid, f.name))
+            storage.upload_file(f, paths.asset(archive_root, sid, f.name))
         item = copy.deepcopy(synth.item(sid))
         for asset in item["assets"].values():
             if str(asset.get("href", "")).startswith(str(local_dir.parent)):
-                asset["href"] = layout.synth_asset(archive_root, sid, Path(asset["href"]).name)
+                asset["href"] = paths.asset(archive_root, sid, Path(asset["href"]).name)
         items.append(item)
     return items
 

@@ -12,7 +12,10 @@ import pytest
 
 from geofm import storage
 from geofm.config import PipelineConfig
-from geofm.steps import embed, preprocess
+from geofm.errors import ConfigError, ModelError
+from geofm.pipeline import run_pipeline
+from geofm.steps import embed
+from helpers import run_step, stage_scenes
 
 CHIP = 64
 
@@ -20,9 +23,8 @@ CHIP = 64
 def _prepare(synth_scenes: Any, root: Path, scene_ids: list[str], **kw: Any) -> PipelineConfig:
     cfg = PipelineConfig(aoi_name="synth-embed", aoi=synth_scenes.aoi_path, chip_size=CHIP, workers=1,
                          retries=0, output_root=str(root), whole_tile=True, **kw)
-    for sid in scene_ids:
-        storage.write_json(cfg.layout.scene_metadata(sid), synth_scenes.item(sid))
-    report = preprocess.run(cfg, quiet=True)
+    stage_scenes(cfg.output_root, cfg.aoi_name, synth_scenes, scene_ids)
+    report = run_step(cfg, "preprocess")
     assert report.ok, report.summary()
     return cfg
 
@@ -42,7 +44,7 @@ def spectral_run(synth_scenes: Any, tmp_path_factory: pytest.TempPathFactory) ->
     heavy = next(s for s in synth_scenes.scene_ids if synth_scenes.sky[s] == "heavy")
     cfg = _prepare(synth_scenes, tmp_path_factory.mktemp("embed"), [first, heavy, last], model="spectral",
                    batch_size=5, embed_max_cloud=0.5, embed_max_missing=0.05)
-    report = embed.run(cfg, quiet=True)
+    report = run_step(cfg, "embed")
     assert report.ok and report.count("done") == 3, report.summary()
     return cfg, [first, heavy, last]
 
@@ -104,10 +106,17 @@ def test_planted_changes_have_the_lowest_similarity(spectral_run: tuple[Pipeline
 
 
 def test_rerun_skips_and_other_model_gets_its_own_files(spectral_run: tuple[PipelineConfig, list[str]]) -> None:
-    cfg, (first, _, _) = spectral_run
-    assert embed.process_unit(cfg, first) == {"skipped": True}
+    cfg, scenes = spectral_run
+    first = scenes[0]
+    spectral_meta = _meta(cfg, first)
+    spectral_file = spectral_meta["s3_location_cls_emb"].dropna().iloc[0]
+    stamp = Path(spectral_file).stat().st_mtime_ns
+    again = run_step(cfg, "embed")
+    assert again.count("skipped") == len(scenes) and Path(spectral_file).stat().st_mtime_ns == stamp
     tiny = cfg.model_copy(update={"model": "clay-tiny", "checkpoint": "random", "batch_size": 7})
-    info = embed.process_unit(tiny, first)
+    report = run_step(tiny, "embed")  # another model: every scene is redone
+    assert report.ok and report.count("done") == len(scenes), report.summary()
+    info = next(r.info for r in report.results if r.unit == first)
     assert info["embedded"] == 15 and info["model"] == "clay-tiny"
     meta = _meta(tiny, first)
     assert (meta["model"] == "clay-tiny").all() and (meta["embedding_dim"] == 72).all()
@@ -115,13 +124,15 @@ def test_rerun_skips_and_other_model_gets_its_own_files(spectral_run: tuple[Pipe
     assert "/embeddings/clay-tiny/" in row["s3_location_cls_emb"]
     assert _load(row["s3_location_cls_emb"]).shape == (72,)
     assert _load(row["s3_location_patch_emb"]).shape == (64, 72)
-    # the spectral files are still there, untouched; spectral is no longer what the meta describes
-    spectral_file = row["s3_location_cls_emb"].replace("/clay-tiny/", "/spectral/")
-    assert _load(spectral_file).shape == (32,)
-    assert embed.process_unit(tiny, first) == {"skipped": True}
-    assert not embed.is_embedded(cfg, embed.read_meta(cfg.layout.meta(first)))
-    assert embed.process_unit(cfg, first)["embedded"] == 15  # back to spectral
-    assert (_meta(cfg, first)["model"] == "spectral").all()
+    # the spectral files are gone with the spectral run they belonged to: the output is a clean clay-tiny run's
+    assert row["s3_location_cls_emb"].replace("/clay-tiny/", "/spectral/") == spectral_file
+    assert not Path(spectral_file).exists()
+    assert run_step(tiny, "embed").count("skipped") == len(scenes)
+    back = run_step(cfg, "embed")  # back to spectral: redone, not taken for complete
+    assert back.count("done") == len(scenes)
+    assert next(r.info for r in back.results if r.unit == first)["embedded"] == 15
+    assert (_meta(cfg, first)["model"] == "spectral").all() and Path(spectral_file).exists()
+    assert not Path(row["s3_location_cls_emb"]).exists()
 
 
 def test_patch_embeddings_switch_off_and_limits(synth_scenes: Any, tmp_path: Path) -> None:
@@ -134,8 +145,9 @@ def test_patch_embeddings_switch_off_and_limits(synth_scenes: Any, tmp_path: Pat
     storage.write_bytes(broken, b"not a netcdf file")
     meta.loc[5, "missing_data_perc"] = 0.25
     embed.write_meta(cfg.layout.meta(sid), meta)
-    report = embed.run(cfg, quiet=True)
+    report = run_step(cfg, "embed")
     assert report.ok, report.summary()
+    assert report.results[0].info["failed_chips"] == 1
     out = embed.read_meta(cfg.layout.meta(sid))
     assert out.loc[3, "embedding_status"] == "failed" and out.loc[5, "embedding_status"] == "skipped-missing"
     assert (out.drop(index=[3, 5])["embedding_status"].isin(["ok", "skipped-missing"])).all()
@@ -143,22 +155,40 @@ def test_patch_embeddings_switch_off_and_limits(synth_scenes: Any, tmp_path: Pat
     assert out["s3_location_patch_emb"].isna().all()
     assert out.loc[0, "s3_location_cls_emb"] and storage.exists(out.loc[0, "s3_location_cls_emb"])
     assert not storage.exists(out.loc[0, "s3_location_cls_emb"].replace("_cls_", "_patch_"))
-    assert not embed.is_embedded(cfg, out)  # a failed chip means the scene is redone next time
+
+
+def test_scene_with_a_failed_chip_is_redone_next_run(synth_scenes: Any, tmp_path: Path) -> None:
+    """A chip that could not be read (e.g. a transient read error) leaves its scene incomplete: the next
+    run redoes the scene, and once the chip reads again it is embedded like the others."""
+    sid = synth_scenes.clear_scene_ids[0]
+    cfg = _prepare(synth_scenes, tmp_path, [sid], model="spectral", batch_size=16, embed_max_missing=1.0)
+    chip = embed.read_meta(cfg.layout.meta(sid)).iloc[3]["s3_location_netcdf"]
+    good = storage.read_bytes(chip)
+    storage.write_bytes(chip, b"not a netcdf file")
+    first = run_step(cfg, "embed")
+    assert first.results[0].info["failed_chips"] == 1
+    assert embed.read_meta(cfg.layout.meta(sid)).loc[3, "embedding_status"] == "failed"
+    storage.write_bytes(chip, good)  # the chip reads again
+    second = run_step(cfg, "embed")
+    assert second.count("done") == 1, "a scene with a failed chip was taken for complete"
+    out = embed.read_meta(cfg.layout.meta(sid))
+    assert (out["embedding_status"] == "ok").all() and storage.exists(out.loc[3, "s3_location_cls_emb"])
 
 
 def test_bad_inputs_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown model 'clay-v7'"):
-        embed.run(PipelineConfig(output_root=str(tmp_path), model="clay-v7"), quiet=True)
-    with pytest.raises(ValueError, match=r"spectral needs at least bands.*lack \['nir'\]"):
-        embed.run(PipelineConfig(output_root=str(tmp_path), model="spectral",
-                                 embed_bands=["blue", "green", "red", "swir16"]), quiet=True)
-    with pytest.raises(ValueError, match=r"embed_bands \['swir16'\] were not chipped"):
-        embed.run(PipelineConfig(output_root=str(tmp_path), model="clay-tiny", s2_bands=["red", "nir"],
-                                 embed_bands=["red", "swir16"]), quiet=True)
-    with pytest.raises(ValueError, match=r"model clay-tiny does not take bands \['coastal'\]"):
-        embed.run(PipelineConfig(output_root=str(tmp_path), model="clay-tiny", embed_bands=["coastal"]),
-                  quiet=True)
-    assert embed.run(PipelineConfig(output_root=str(tmp_path), model="spectral"), quiet=True).results == []
+    out = str(tmp_path / "out")
+    with pytest.raises(ModelError, match="unknown model 'clay-v7'"):
+        run_pipeline(PipelineConfig(output_root=out, model="clay-v7"), ["embed"])
+    with pytest.raises(ConfigError, match=r"spectral needs at least bands.*lack \['nir'\]"):
+        run_pipeline(PipelineConfig(output_root=out, model="spectral",
+                                    embed_bands=["blue", "green", "red", "swir16"]), ["embed"])
+    with pytest.raises(ConfigError, match=r"embed_bands \['swir16'\] were not chipped"):
+        run_pipeline(PipelineConfig(output_root=out, model="clay-tiny", s2_bands=["red", "nir"],
+                                    embed_bands=["red", "swir16"]), ["embed"])
+    with pytest.raises(ModelError, match=r"model clay-tiny does not take bands \['coastal'\]"):
+        run_pipeline(PipelineConfig(output_root=out, model="clay-tiny", embed_bands=["coastal"]), ["embed"])
+    assert not Path(out).exists()  # refused before any work: nothing written
+    assert run_step(PipelineConfig(output_root=out, model="spectral"), "embed").results == []
 
 
 def test_scene_whose_every_chip_fails_is_a_failed_unit(synth_scenes: Any, tmp_path: Path) -> None:
@@ -167,7 +197,7 @@ def test_scene_whose_every_chip_fails_is_a_failed_unit(synth_scenes: Any, tmp_pa
     cfg = _prepare(synth_scenes, tmp_path, [good, bad], model="spectral", embed_max_missing=1.0)
     for url in embed.read_meta(cfg.layout.meta(bad))["s3_location_netcdf"]:
         storage.write_bytes(url, b"not a netcdf file")
-    report = embed.run(cfg, quiet=True)
+    report = run_step(cfg, "embed")
     by_unit = {r.unit: r for r in report.results}
     assert by_unit[good].status == "done"
     assert by_unit[bad].status == "failed"
@@ -182,7 +212,7 @@ def test_default_bands_are_the_chipped_ones(synth_scenes: Any, tmp_path: Path) -
     for model in ("spectral", "clay-tiny"):
         run_cfg = cfg.model_copy(update={"model": model, "checkpoint": "random" if model == "clay-tiny" else None})
         assert embed.model_bands(run_cfg, embed.get_model_spec(model)) == rgbn
-        report = embed.run(run_cfg, quiet=True)
+        report = run_step(run_cfg, "embed")
         assert report.ok, report.summary()
         meta = _meta(cfg, sid)
         assert (meta["embedding_status"] == "ok").all()

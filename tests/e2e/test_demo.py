@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
-from rich.console import Console
+from typer.testing import CliRunner
 
-from geofm.demo import run_demo
+from geofm.cli import app
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_finds_the_planted_change(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("GEOFM_MODEL_CACHE", str(tmp_path / "empty-model-cache"))  # no Clay weights here
-    buf = io.StringIO()
-    code = run_demo(str(tmp_path / "demo"), model="auto", quiet=True,
-                    console=Console(file=buf, width=200, color_system=None))
-    text = buf.getvalue()
-    assert code == 0, text
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables one row per line
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--quiet"])
+    text = result.output
+    assert result.exit_code == 0, text
     assert "model: spectral" in text  # "auto" without Clay weights in the cache
     table = text[text.index("chips that changed most"):text.index("scenes,")]
     first = next(line for line in table.splitlines() if "│" in line and "_" in line and "chip_id" not in line)

@@ -4,6 +4,8 @@ seam-free tile blending in prediction."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -164,6 +166,7 @@ class PixelwiseModule(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.tensor([0.0, 1.0, -1.0, 0.5]))
         self.cfg = SegmentationConfig(images=["x.tif"], labels="l.tif", classes=CLASSES, chip_size=16)
         self.bands = BANDS
+        self.net = SimpleNamespace(encoder=SimpleNamespace(patch_size=8))  # tiles are multiples of it
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.w[None, :, None, None] * pixels[:, :1] + torch.tensor([0, 0, 0.3, 0])[None, :, None, None]

@@ -16,7 +16,7 @@ from rasterio.windows import Window
 
 from geofm import storage, vectordb
 from geofm.config import PipelineConfig
-from geofm.steps import analyze, consolidate, embed, preprocess
+from helpers import run_steps, stage_scenes
 
 CHIP = 64
 WATER_CLASS = "water"
@@ -28,11 +28,9 @@ def pipeline_run(synth_scenes: Any, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("change-e2e")
     cfg = PipelineConfig(aoi_name="e2e", aoi=synth_scenes.aoi_path, output_root=str(root), chip_size=CHIP,
                          whole_tile=True, model="spectral", batch_size=16, workers=1, retries=0)
-    for sid in synth_scenes.scene_ids:
-        storage.write_json(cfg.layout.scene_metadata(sid), synth_scenes.item(sid))
-    for step in (preprocess, embed, analyze, consolidate):
-        report = step.run(cfg, quiet=True)
-        assert report.ok, report.summary()
+    stage_scenes(cfg.output_root, cfg.aoi_name, synth_scenes, synth_scenes.scene_ids)
+    record = run_steps(cfg, "preprocess", "embed", "analyze", "consolidate")
+    assert record.ok, record.summary()
     return cfg, synth_scenes
 
 
@@ -112,10 +110,11 @@ def test_rerun_leaves_row_counts(pipeline_run):
     cfg, synth = pipeline_run
     before_rows = len(_consolidated(cfg, synth.grid))
     before_db = vectordb.open_table(cfg.layout.lance_db).count_rows()
-    for step in (analyze, consolidate):
-        assert step.run(cfg, quiet=True).ok
-    forced = cfg.model_copy(update={"force": True})
-    assert consolidate.run(forced, quiet=True).ok
+    rerun = run_steps(cfg, "analyze", "consolidate")
+    assert rerun.ok, rerun.summary()
+    assert all(r.count("done") == 0 for r in rerun.reports)  # nothing changed: every unit is skipped
+    forced = run_steps(cfg.model_copy(update={"force": True}), "consolidate")
+    assert forced.ok and forced.reports[0].count("skipped") == 0
     assert len(_consolidated(cfg, synth.grid)) == before_rows
     assert vectordb.open_table(cfg.layout.lance_db).count_rows() == before_db
     assert np.isfinite(_consolidated(cfg, synth.grid)["patch_emb_pca_1"].dropna()).all()

@@ -12,11 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from geofm.cli import app
+from geofm.errors import ModelError
 from geofm.models import checkpoints, get_model_spec, list_models, load_embedder
 from geofm.models.registry import ClayEmbedder, load_clay_encoder, time_latlon
 from geofm.models.spectral import EMBEDDING_DIM, SPECTRAL_BANDS, spectral_features
 from geofm.sentinel2 import band
-from test_clay import perturbed_tiny
+from helpers import official_layout_checkpoint, perturbed_tiny
 
 BANDS = list(SPECTRAL_BANDS)
 WHEN = [datetime(2023, 7, 15, 10), datetime(2022, 3, 2, 14), datetime(2021, 11, 20, 8)]
@@ -30,20 +31,6 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)  # never touch the network
     return cache
-
-
-def official_layout_checkpoint(path: Path, model: torch.nn.Module) -> Path:
-    """Save like a Clay Lightning checkpoint: model.encoder.* plus decoder/proj/teacher and hparams."""
-    state = {f"model.encoder.{k}": v for k, v in model.state_dict().items()}
-    state |= {
-        "model.decoder.enc_to_dec.weight": torch.randn(4, 72),
-        "model.decoder.transformer.norm.weight": torch.ones(4),
-        "model.proj.weight": torch.randn(4, 4),
-        "model.teacher.blocks.0.attn.qkv.weight": torch.randn(12, 4),
-    }
-    torch.save({"state_dict": state, "hyper_parameters": {"mask_ratio": 0.75, "shuffle": True},
-                "epoch": 3}, path)
-    return path
 
 
 def chips(seed: int = 0, n: int = 3, size: int = 16) -> np.ndarray:
@@ -139,12 +126,12 @@ def test_wrong_checkpoint_names_file_and_mismatch(tmp_path: Path) -> None:
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"junk\.ckpt: not a readable PyTorch checkpoint"):
         load_clay_encoder(get_model_spec("clay-tiny"), str(tmp_path / "junk.ckpt"))
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(ModelError, match="checkpoint not found: .*missing.ckpt"):
         load_clay_encoder(get_model_spec("clay-tiny"), str(tmp_path / "missing.ckpt"))
 
 
 def test_offline_without_weights_says_how_to_get_them() -> None:
-    with pytest.raises(FileNotFoundError, match=r"no weights for clay-v1\.5.*geofm models import clay-v1\.5"):
+    with pytest.raises(ModelError, match=r"no weights for clay-v1\.5.*geofm models import clay-v1\.5"):
         load_embedder("clay-v1.5", None, "cpu")
     with pytest.raises(ValueError, match="clay-tiny has no official weights"):
         load_embedder("clay-tiny", None, "cpu")

@@ -21,10 +21,12 @@ from scipy.ndimage import map_coordinates
 from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
-from geofm import sentinel2, storage, thumbnails
+from geofm import columns, sentinel2, storage, thumbnails
 from geofm.config import PipelineConfig
-from geofm.scene import SceneError
+from geofm.errors import AoiError, SceneError
+from geofm.pipeline import run_pipeline
 from geofm.steps import preprocess
+from helpers import run_step, stage_scenes
 
 CHIP = 64
 RGBN = ["blue", "green", "red", "nir"]
@@ -64,14 +66,14 @@ def real_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pip
     for folder in sorted((shared_data / COGCROP).iterdir()):
         if folder.is_dir():
             install_item(cfg, json.loads((folder / f"{folder.name}.json").read_text()), folder)
-    report = preprocess.run(cfg, quiet=True)
+    report = run_step(cfg, "preprocess")
     assert report.ok, report.summary()
     assert report.count("done") == 5
     return cfg
 
 
 def real_metas(cfg: PipelineConfig) -> dict[str, gpd.GeoDataFrame]:
-    return {s: preprocess.read_meta(cfg.layout.meta(s)) for s in preprocess.units(cfg)}
+    return {s: preprocess.read_meta(cfg.layout.meta(s)) for s in cfg.layout.meta_scene_ids()}
 
 
 def test_real_whole_tile_gives_16_chips_per_date_with_same_ground(real_run: PipelineConfig) -> None:
@@ -143,7 +145,7 @@ def test_real_aoi_selects_only_its_chips(shared_data: Path, tmp_path: Path) -> N
                          chip_size=CHIP, workers=1, retries=0)
     folder = shared_data / COGCROP / "S2A_33TWL_20230815_0_L2A"
     install_item(cfg, json.loads((folder / f"{folder.name}.json").read_text()), folder)
-    assert preprocess.run(cfg, quiet=True).ok
+    assert run_step(cfg, "preprocess").ok
     meta = preprocess.read_meta(cfg.layout.meta(folder.name))
     assert sorted(meta.chip_id) == ["1_1", "2_1"]
     pngs = list((tmp_path / "out").rglob("*.png"))
@@ -205,7 +207,7 @@ def syn_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig:
     install_item(cfg, make_scene(root / "a", "S2A_33TWL_20230601_0_L2A", 1, cloud=(40, 72, 40, 56)),
                  root / "a")
     install_item(cfg, make_scene(root / "b", "S2B_33TWL_20230611_0_L2A", 2), root / "b")
-    assert preprocess.run(cfg, quiet=True).ok
+    assert run_step(cfg, "preprocess").ok
     return cfg
 
 
@@ -266,7 +268,7 @@ def test_syn_cloud_share_matches_planted_cloud(syn_run: PipelineConfig) -> None:
 
 def test_syn_meta_columns_and_polygons(syn_run: PipelineConfig) -> None:
     meta = preprocess.read_meta(syn_run.layout.meta("S2B_33TWL_20230611_0_L2A"))
-    assert list(meta.columns) == preprocess.META_COLUMNS
+    assert list(meta.columns) == list(columns.META)
     assert meta.crs.to_epsg() == 4326 and len(meta) == 16
     row = meta.set_index("chip_id").loc["3_2"]
     minx, maxy = ORIGIN[0] + 3 * 640, ORIGIN[1] - 2 * 640
@@ -296,7 +298,7 @@ def test_harmonisation_subtracts_1000_when_the_item_is_not_harmonised(tmp_path: 
                          chip_size=CHIP, whole_tile=True, workers=1, retries=0)
     item = make_scene(tmp_path / "s", "S2B_33TWL_20220301_0_L2A", 3, baseline="04.00", offset_applied=False)
     install_item(cfg, item, tmp_path / "s")
-    assert preprocess.run(cfg, quiet=True).ok
+    assert run_step(cfg, "preprocess").ok
     ds = chip_ds(cfg, item["id"], "1_1")
     assert ds.attrs["boa_offset_subtracted"] == 1000
     with rasterio.open(item["assets"]["red"]["href"]) as src:
@@ -321,7 +323,7 @@ def test_bad_scenes_fail_alone_with_clear_errors(tmp_path: Path) -> None:
     Path(item["assets"]["red"]["href"]).write_bytes(b"this is not a GeoTIFF")
     install_item(cfg, item, tmp_path / "u")
 
-    report = preprocess.run(cfg, quiet=True)
+    report = run_step(cfg, "preprocess")
     status = {r.unit: (r.status, r.error or "") for r in report.results}
     assert status[good][0] == "done"
     assert status[lacking][0] == "failed" and "rededge1" in status[lacking][1] and lacking in status[lacking][1]
@@ -330,14 +332,20 @@ def test_bad_scenes_fail_alone_with_clear_errors(tmp_path: Path) -> None:
     assert unreadable in status[unreadable][1] and "B04.tif" in status[unreadable][1]
     assert "FAILED" in report.summary() and not report.ok
     assert storage.exists(cfg.layout.meta(good)) and not storage.exists(cfg.layout.meta(lacking))
-    with pytest.raises(SceneError, match=f"{lacking}.*rededge1"):
-        preprocess.process_unit(cfg, lacking)
+    failed = {r.unit: r for r in report.failed}
+    assert failed[lacking].error.startswith(f"{SceneError.__name__}: ") and failed[lacking].error_kind == "input"
+    # only the good scene has a marker: the failed ones are tried again by the next run
+    assert sorted(storage.list_files(cfg.layout.markers_dir("preprocess"), ".json")) == [
+        cfg.layout.marker("preprocess", good)]
 
 
 def test_missing_aoi_is_an_error_before_any_work(tmp_path: Path) -> None:
-    cfg = PipelineConfig(aoi_name="x", output_root=str(tmp_path), chip_size=CHIP, workers=1)
-    with pytest.raises(ValueError, match="AOI file not found"):
-        preprocess.run(cfg, quiet=True)
+    cfg = PipelineConfig(aoi_name="x", output_root=str(tmp_path / "out"), chip_size=CHIP, workers=1)
+    install_item(cfg, make_scene(tmp_path / "s", "S2A_33TWL_20230601_0_L2A", 1), tmp_path / "s")
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(AoiError, match="AOI file not found"):
+        run_pipeline(cfg, ["preprocess"])
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before  # no chip, no run record
 
 
 def test_rerun_skips_and_force_redoes(tmp_path: Path) -> None:
@@ -346,17 +354,21 @@ def test_rerun_skips_and_force_redoes(tmp_path: Path) -> None:
                          chip_size=CHIP, workers=1, retries=0)
     scene = "S2A_33TWL_20230601_0_L2A"
     install_item(cfg, make_scene(tmp_path / "s", scene, 1), tmp_path / "s")
-    first = preprocess.run(cfg, quiet=True)
+    first = run_step(cfg, "preprocess")
     assert first.count("done") == 1
     meta = preprocess.read_meta(cfg.layout.meta(scene))
     assert sorted(meta.chip_id) == ["1_1"]  # AOI inside chip 1_1 (pixels 70..80, 65..70)
-    assert preprocess.run(cfg, quiet=True).count("skipped") == 1
-    assert preprocess.process_unit(cfg, scene) == {"skipped": True}
+    nc = Path(meta.s3_location_netcdf.iloc[0])
+    stamp = nc.stat().st_mtime_ns
+    assert run_step(cfg, "preprocess").count("skipped") == 1
+    assert nc.stat().st_mtime_ns == stamp  # skipped: not rewritten
     Path(meta.s3_location_png_thumbnail.iloc[0]).unlink()  # an output lost: no longer complete
-    assert preprocess.process_unit(cfg, scene)["chips"] == 1
+    redone = run_step(cfg, "preprocess")
+    assert redone.count("done") == 1 and redone.results[0].info["chips"] == 1
     assert Path(meta.s3_location_png_thumbnail.iloc[0]).exists()
-    forced = preprocess.run(cfg.model_copy(update={"force": True}), quiet=True)
-    assert forced.count("done") == 1
+    assert run_step(cfg, "preprocess").count("skipped") == 1
+    forced = run_step(cfg.model_copy(update={"force": True}), "preprocess")
+    assert forced.count("done") == 1 and nc.stat().st_mtime_ns != stamp
 
 
 def test_changed_aoi_removes_chips_no_longer_made(tmp_path: Path) -> None:
@@ -366,14 +378,14 @@ def test_changed_aoi_removes_chips_no_longer_made(tmp_path: Path) -> None:
                          chip_size=CHIP, workers=1, retries=0)
     scene = "S2A_33TWL_20230601_0_L2A"
     install_item(cfg, make_scene(tmp_path / "s", scene, 1), tmp_path / "s")
-    assert preprocess.run(cfg, quiet=True).ok
+    assert run_step(cfg, "preprocess").ok
     old = preprocess.read_meta(cfg.layout.meta(scene))
     assert sorted(old.chip_id) == ["1_1"]
-    # a new AOI in chip 2_2 (pixels 130..190): the rerun makes 2_2 and removes 1_1's files
+    # a new AOI in chip 2_2 (pixels 130..190): the rerun (no --force: the AOI is among the unit's inputs)
+    # makes 2_2 and removes 1_1's files
     second_aoi = write_aoi(tmp_path / "a2.geojson", ORIGIN[0] + 1400, ORIGIN[1] - 1500, ORIGIN[0] + 1500, ORIGIN[1] - 1400)
-    # (a changed AOI changes the step fingerprint, so the run redoes the scene: force stands for that here)
-    result = preprocess.process_unit(cfg.model_copy(update={"aoi": second_aoi, "force": True}), scene)
-    assert result["chips"] == 1 and result["removed_stale_files"] == 2
+    report = run_step(cfg.model_copy(update={"aoi": second_aoi}), "preprocess")
+    assert report.count("done") == 1 and report.results[0].info["chips"] == 1
     new = preprocess.read_meta(cfg.layout.meta(scene))
     assert sorted(new.chip_id) == ["2_2"]
     assert not Path(old.s3_location_netcdf.iloc[0]).exists() and not Path(old.s3_location_png_thumbnail.iloc[0]).exists()
@@ -386,7 +398,7 @@ def test_outputs_to_s3(s3_bucket: str, tmp_path: Path) -> None:
     scene = "S2A_33TWL_20230601_0_L2A"
     item = make_scene(tmp_path / "s", scene, 1)
     install_item(cfg, item, tmp_path / "s")
-    assert preprocess.run(cfg, quiet=True).ok
+    assert run_step(cfg, "preprocess").ok
     meta = preprocess.read_meta(cfg.layout.meta(scene)).set_index("chip_id")
     assert len(meta) == 16 and meta.loc["2_3", "s3_location_netcdf"].startswith("s3://")
     with storage.local_file_for_read(meta.loc["2_3", "s3_location_netcdf"], ".nc") as p:
@@ -394,7 +406,7 @@ def test_outputs_to_s3(s3_bucket: str, tmp_path: Path) -> None:
     with rasterio.open(item["assets"]["red"]["href"]) as src:
         red = src.read(1)
     np.testing.assert_array_equal(ds.red.values, red[192:256, 128:192].astype(np.float32))
-    assert preprocess.run(cfg, quiet=True).count("skipped") == 1
+    assert run_step(cfg, "preprocess").count("skipped") == 1
 
 
 # ================================= the shared synthetic archive (geofm synth) ======================
@@ -405,9 +417,8 @@ def synth_run(synth_scenes: Any, tmp_path_factory: pytest.TempPathFactory) -> tu
     clear = synth_scenes.clear_scene_ids[0]
     cfg = PipelineConfig(aoi_name="synth-pre", aoi=synth_scenes.aoi_path, chip_size=CHIP, workers=1, retries=0,
                          output_root=str(tmp_path_factory.mktemp("synthpre")))
-    for sid in (heavy, clear):
-        storage.write_json(cfg.layout.scene_metadata(sid), synth_scenes.item(sid))
-    report = preprocess.run(cfg, quiet=True)
+    stage_scenes(cfg.output_root, cfg.aoi_name, synth_scenes, [heavy, clear])
+    report = run_step(cfg, "preprocess")
     assert report.ok, report.summary()
     return cfg, [heavy, clear]
 
@@ -467,7 +478,7 @@ def test_real_full_tile_jp2_nodata_wedge_gives_missing_share(shared_data: Path, 
     cfg = PipelineConfig(aoi_name="full", aoi=aoi, output_root=str(tmp_path / "out"), s2_bands=RGBN,
                          chip_size=CHIP, workers=1, retries=0)
     install_item(cfg, json.loads((folder / f"{folder.name}.json").read_text()), folder)
-    assert preprocess.run(cfg, quiet=True).ok
+    assert run_step(cfg, "preprocess").ok
     meta = preprocess.read_meta(cfg.layout.meta(folder.name)).set_index("chip_id")
     assert sorted(meta.index) == ["0_0", "1_0"]
     assert (meta.loc["0_0", "utm_minx"], meta.loc["0_0", "utm_maxy"]) == (x0, y0)
@@ -491,7 +502,7 @@ def test_aoi_missing_the_scene_writes_an_empty_meta(tmp_path: Path) -> None:
                          chip_size=CHIP, workers=1, retries=0)
     scene = "S2A_33TWL_20230601_0_L2A"
     install_item(cfg, make_scene(tmp_path / "s", scene, 1), tmp_path / "s")
-    assert preprocess.run(cfg, quiet=True).results[0].info["chips"] == 0
+    assert run_step(cfg, "preprocess").results[0].info["chips"] == 0
     meta = preprocess.read_meta(cfg.layout.meta(scene))
-    assert len(meta) == 0 and list(meta.columns) == preprocess.META_COLUMNS and meta.crs.to_epsg() == 4326
-    assert preprocess.process_unit(cfg, scene) == {"skipped": True}
+    assert len(meta) == 0 and list(meta.columns) == list(columns.META) and meta.crs.to_epsg() == 4326
+    assert run_step(cfg, "preprocess").count("skipped") == 1  # an empty scene is complete too

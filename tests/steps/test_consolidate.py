@@ -10,6 +10,7 @@ from datetime import date
 import geopandas as gpd
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from fixtures.hand_embeddings import (
     CHANGE_CHIP,
@@ -23,7 +24,9 @@ from fixtures.hand_embeddings import (
     write_hand_embeddings,
 )
 from geofm import change, storage, vectordb
-from geofm.steps import analyze, consolidate
+from geofm.cli import app
+from geofm.steps import consolidate
+from helpers import run_step, run_steps
 
 WATER = {cid(0, 0), cid(0, 1)}
 
@@ -37,10 +40,9 @@ def _gdf(url: str) -> gpd.GeoDataFrame:
 @pytest.fixture
 def consolidated(hand_embeddings):
     cfg = hand_embeddings.cfg()
-    assert analyze.run(cfg, quiet=True).ok
-    report = consolidate.run(cfg, quiet=True)
-    assert report.ok, report.summary()
-    return hand_embeddings, cfg, report
+    record = run_steps(cfg, "analyze", "consolidate")
+    assert record.ok, record.summary()
+    return hand_embeddings, cfg, record.reports[-1]
 
 
 def test_outputs_read_in_geopandas(consolidated):
@@ -115,15 +117,26 @@ def test_vector_db_rows_search_and_rerun(consolidated):
     hits = vectordb.search(lay.lance_db, chip_id=cid(0, 0), date=DATES[-1], k=5)
     assert set(hits["chip_id"]) == WATER - {cid(0, 0)}
     assert report.results[-1].unit == "lance-db" and report.results[-1].info["rows"] == 32
-    # rerun (skips) and forced rerun leave row counts unchanged
-    again = consolidate.run(cfg, quiet=True)
-    assert again.count("skipped") == 2  # the grid and the vector DB
-    consolidate.run(cfg.model_copy(update={"force": True}), quiet=True)
+    # rerun (skips) and forced rerun leave row counts unchanged: no duplicate rows
+    again = run_step(cfg, "consolidate")
+    assert again.count("skipped") == 2 and again.count("done") == 0  # the grid and the vector DB
+    forced = run_step(cfg.model_copy(update={"force": True}), "consolidate")
+    assert forced.count("done") == 2
     assert vectordb.open_table(lay.lance_db).count_rows() == 32
-    vectordb.open_table(lay.lance_db).delete(f"chip_id = '{cid(0, 0)}'")  # a damaged table is reloaded
-    assert consolidate.run(cfg, quiet=True).results[-1].status == "done"
+    storage.remove(f"{lay.lance_db}/{vectordb.DEFAULT_TABLE}.lance", recursive=True)  # a lost table: reloaded
+    assert run_step(cfg, "consolidate").results[-1].status == "done"
     assert vectordb.open_table(lay.lance_db).count_rows() == 32
     assert len(_gdf(lay.consolidated_output(GRID))) == 33
+
+
+def test_damaged_vector_db_table_is_reloaded(consolidated):
+    """A table that lost rows (its folder still there) is not taken for loaded: the next run reloads it."""
+    data, cfg, _ = consolidated
+    lay = data.layout
+    vectordb.open_table(lay.lance_db).delete(f"chip_id = '{cid(0, 0)}'")
+    assert vectordb.open_table(lay.lance_db).count_rows() < 32
+    assert run_step(cfg, "consolidate").results[-1].status == "done"
+    assert vectordb.open_table(lay.lance_db).count_rows() == 32
 
 
 def test_change_summary_rules():
@@ -141,8 +154,9 @@ def test_change_summary_rules():
 
 def test_bad_inputs(tmp_path, hand_embeddings):
     cfg = hand_embeddings.cfg()
-    report = consolidate.run(cfg, quiet=True)  # analyze not run
-    assert not report.ok and "run analyze first" in report.failed[0].error
+    result = CliRunner().invoke(app, ["consolidate", "--out", cfg.output_root, "--aoi-name", cfg.aoi_name,
+                                      "--quiet"])  # analyze not run
+    assert result.exit_code == 2 and "run analyze first" in result.output, result.output
     rows = pd.DataFrame({"chip_id": ["1_1", "2_1"], "x_dim": [1, 2], "y_dim": [1, 1], "chip_size": 64,
                          "gsd": 10.0, "crs": "EPSG:32633", "utm_minx": [640.0, 1290.0],
                          "utm_maxy": [-640.0, -640.0]})
@@ -153,9 +167,8 @@ def test_bad_inputs(tmp_path, hand_embeddings):
 def test_steps_3_and_4_on_s3(s3_bucket):
     data = write_hand_embeddings(f"s3://{s3_bucket}/root", n_x=3, n_y=1)
     cfg = data.cfg()
-    assert analyze.run(cfg, quiet=True).ok
-    report = consolidate.run(cfg, quiet=True)
-    assert report.ok, report.summary()
+    record = run_steps(cfg, "analyze", "consolidate")
+    assert record.ok, record.summary()
     assert len(_gdf(data.layout.consolidated_output(GRID))) == 15  # 18 less 1 not embedded, 2 over limits
     assert vectordb.open_table(data.layout.lance_db).count_rows() == 15
     hits = vectordb.search(data.layout.lance_db, chip_id=cid(0, 0), date=DATES[0], k=3, exclude_query_chip=False)

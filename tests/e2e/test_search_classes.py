@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from geofm import storage, vectordb
+from geofm import vectordb
 from geofm.config import PipelineConfig
-from geofm.steps import analyze, consolidate, embed, preprocess
 from geofm.synth import synthesize
+from helpers import run_steps, stage_scenes
 
 CHIP = 32
 DATES = [date(2023, 6, 10), date(2023, 8, 20)]  # two dates: both clear
@@ -35,10 +35,9 @@ def test_search_from_a_water_chip_returns_water_chips(tmp_path: Path) -> None:
                        into_layout=False)
     cfg = PipelineConfig(aoi_name="classes", output_root=str(root), chip_size=CHIP, whole_tile=True,
                          model="spectral", batch_size=64, workers=1, retries=0)
-    for sid in synth.scene_ids:
-        storage.write_json(cfg.layout.scene_metadata(sid), synth.item(sid))
-    for step in (preprocess, embed, analyze, consolidate):
-        assert step.run(cfg, quiet=True).ok
+    stage_scenes(cfg.output_root, cfg.aoi_name, synth, synth.scene_ids)
+    record = run_steps(cfg, "preprocess", "embed", "analyze", "consolidate")
+    assert record.ok, record.summary()
     day = DATES[-1]
     class_id = next(c["id"] for c in synth.classes if c["name"] == cover)
     shares = _class_shares(synth.landcover_paths[synth.scene_ids[-1]], class_id)

@@ -1,9 +1,11 @@
-"""Scene discovery against a real ``rustac serve`` on loopback, and the offset rule on real items."""
+"""Scene discovery (``geofm discover``) against a real ``rustac serve`` on loopback, and the offset rule on
+real items."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -11,12 +13,16 @@ from typing import Any
 import pytest
 from shapely.affinity import translate
 from shapely.geometry import mapping, shape
+from typer.testing import CliRunner
 
 from geofm import storage
-from geofm.aoi import AoiError, load_aoi
+from geofm.aoi import load_aoi
+from geofm.cli import app
 from geofm.config import PipelineConfig
+from geofm.errors import AoiError, StacError
+from geofm.layout import Layout
 from geofm.sentinel2 import boa_offset_to_subtract
-from geofm.stac import deduplicate, discover, item_grid
+from geofm.stac import deduplicate, find_scenes, item_grid
 from geofm.synth import SynthResult
 
 
@@ -64,35 +70,55 @@ def _cfg(synth_scenes: SynthResult, url: str, out: Path, **kw: Any) -> PipelineC
     return PipelineConfig(**base)
 
 
+def _discover(out: Path, url: str, *extra: str, aoi: str | None = None) -> Any:
+    """``geofm discover`` as a user runs it (the synth AOI unless ``aoi`` says otherwise)."""
+    args = ["discover", "--out", str(out), "--aoi-name", "found", "--start", "2023-01-01", "--end", "2023-12-31",
+            "--stac-url", url, "--max-cloud-cover", "50", "--quiet", *extra]
+    if aoi is not None:
+        args += ["--aoi", aoi]
+    return CliRunner().invoke(app, args)
+
+
+def _text(result: Any) -> str:
+    return " ".join(result.output.split())  # rich wraps long lines
+
+
 def test_discover_returns_and_writes_the_expected_scenes(
     synth_scenes: SynthResult, archive_items: tuple[list[dict[str, Any]], set[str]], stac_server: Any,
     tmp_path: Path,
 ) -> None:
     items, expected = archive_items
     url = stac_server(items)
+    result = _discover(tmp_path, url, "--grid-id", "33TWL", aoi=synth_scenes.aoi_path)
+    assert result.exit_code == 0, result.output
     cfg = _cfg(synth_scenes, url, tmp_path, grid_id="33TWL")
-    found = discover(cfg, page_size=2)  # 12 items over 6 pages: pagination must be followed
-    assert {i["id"] for i in found} == expected
-    assert [i["properties"]["datetime"] for i in found] == sorted(i["properties"]["datetime"] for i in found)
     written = storage.list_files(cfg.layout.scenes_dir, "_metadata.json")
     assert {cfg.layout.scene_id_from_metadata(w) for w in written} == expected
+    assert f"{len(expected)} scenes in" in _text(result)
     one = storage.read_json(cfg.layout.scene_metadata("S2B_33TWL_20230714_1_L2A"))
     assert one["assets"]["red"]["href"] == synth_scenes.item("S2B_33TWL_20230714_0_L2A")["assets"]["red"]["href"]
     assert load_aoi(cfg.layout.aoi_geojson).equals_exact(load_aoi(synth_scenes.aoi_path), 1e-9)
 
+    # the search follows pagination (12 items over 6 pages) and returns the scenes in date order
+    found = find_scenes(cfg, load_aoi(synth_scenes.aoi_path), page_size=2)
+    assert {i["id"] for i in found} == expected
+    assert [i["properties"]["datetime"] for i in found] == sorted(i["properties"]["datetime"] for i in found)
     # without the grid filter the other tile over the AOI comes back too; max_items caps the list
-    out2 = tmp_path / "nogrid"
-    assert {i["id"] for i in discover(_cfg(synth_scenes, url, out2), page_size=5)} == expected | {
-        "S2B_33TWM_20230316_0_L2A"}
-    assert len(discover(_cfg(synth_scenes, url, tmp_path / "cap", max_items=2))) == 2
+    nogrid = find_scenes(_cfg(synth_scenes, url, tmp_path / "nogrid"), load_aoi(synth_scenes.aoi_path), page_size=5)
+    assert {i["id"] for i in nogrid} == expected | {"S2B_33TWM_20230316_0_L2A"}
+    capped = _discover(tmp_path / "cap", url, "--set", "max_items=2", aoi=synth_scenes.aoi_path)
+    assert capped.exit_code == 0, capped.output
+    assert len(storage.list_files(Layout(str(tmp_path / "cap"), "found").scenes_dir, "_metadata.json")) == 2
 
 
 def test_no_scenes_names_the_filters(synth_scenes: SynthResult, stac_server: Any, tmp_path: Path) -> None:
     url = stac_server(synth_scenes.items)
-    cfg = _cfg(synth_scenes, url, tmp_path, start_date="2020-01-01", end_date="2020-12-31", grid_id="33TWL")
-    with pytest.raises(ValueError, match=r"no scenes found at http://127\.0\.0\.1.*2020-01-01.*33TWL"):
-        discover(cfg)
-    assert not Path(cfg.layout.scenes_dir).exists()
+    result = CliRunner().invoke(app, [
+        "discover", "--out", str(tmp_path), "--aoi-name", "found", "--aoi", synth_scenes.aoi_path, "--start",
+        "2020-01-01", "--end", "2020-12-31", "--stac-url", url, "--grid-id", "33TWL", "--quiet"])
+    assert result.exit_code == 2, result.output  # nothing to work on: refused like bad input
+    assert re.search(r"no scenes found at http://127\.0\.0\.1.*2020-01-01.*33TWL", _text(result)), result.output
+    assert not Path(_cfg(synth_scenes, url, tmp_path).layout.scenes_dir).exists()
 
 
 def test_api_that_does_not_answer_is_named(synth_scenes: SynthResult, tmp_path: Path) -> None:
@@ -100,20 +126,26 @@ def test_api_that_does_not_answer_is_named(synth_scenes: SynthResult, tmp_path: 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    with pytest.raises(RuntimeError, match=f"STAC API {url} did not answer"):
-        discover(_cfg(synth_scenes, url, tmp_path))
+    with pytest.raises(StacError, match=f"STAC API {url} did not answer"):
+        find_scenes(_cfg(synth_scenes, url, tmp_path), load_aoi(synth_scenes.aoi_path))
+    result = _discover(tmp_path, url, aoi=synth_scenes.aoi_path)
+    assert result.exit_code == 1, result.output  # a backend failure, not bad input
+    assert f"FAILED search: StacError: STAC API {url} did not answer" in _text(result)
 
 
 def test_aoi_problems(synth_scenes: SynthResult, tmp_path: Path) -> None:
-    with pytest.raises(AoiError, match="needs an AOI"):
-        discover(_cfg(synth_scenes, "http://127.0.0.1:9", tmp_path, aoi=None))
-    missing = str(tmp_path / "nope.geojson")
-    with pytest.raises(AoiError, match="nope.geojson"):
-        discover(_cfg(synth_scenes, "http://127.0.0.1:9", tmp_path, aoi=missing))
+    out = tmp_path / "out"
+    no_aoi = _discover(out, "http://127.0.0.1:9")
+    assert no_aoi.exit_code == 2 and "discover needs an AOI" in _text(no_aoi), no_aoi.output
+    missing = _discover(out, "http://127.0.0.1:9", aoi=str(tmp_path / "nope.geojson"))
+    assert missing.exit_code == 2 and "nope.geojson" in _text(missing), missing.output
     point = tmp_path / "point.geojson"
     point.write_text(json.dumps({"type": "Point", "coordinates": [15.0, 46.0]}))
+    pointed = _discover(out, "http://127.0.0.1:9", aoi=str(point))
+    assert pointed.exit_code == 2 and "no Polygon" in _text(pointed), pointed.output
+    assert not out.exists()  # refused before any work
     with pytest.raises(AoiError, match="no Polygon"):
-        discover(_cfg(synth_scenes, "http://127.0.0.1:9", tmp_path, aoi=str(point)))
+        load_aoi(str(point))
 
 
 def test_deduplicate_rules() -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from geofm.errors import ModelError
 from geofm.models import checkpoints, get_model_spec
 from geofm.models.registry import load_clay_encoder
-from test_clay import perturbed_tiny
-from test_models import official_layout_checkpoint
+from helpers import official_layout_checkpoint, perturbed_tiny
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -106,5 +106,5 @@ def test_import_downloads_the_official_file_and_converts_it(hub: type[_HubLike],
 
 def test_missing_file_on_the_hub_is_a_clear_error(hub: type[_HubLike]) -> None:
     spec = _tiny_with_official_file()
-    with pytest.raises(FileNotFoundError, match=r"(?s)no weights for clay-tiny.*Entry Not Found.*geofm models import clay-tiny"):
+    with pytest.raises(ModelError, match=r"(?s)no weights for clay-tiny.*Entry Not Found.*geofm models import clay-tiny"):
         checkpoints.ensure_cached(spec)
