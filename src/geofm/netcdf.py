@@ -16,9 +16,10 @@ encodings (fill values, decoded times):
   decode to the same datetime64);
 - a variable's ``coordinates`` attribute comes from its encoding, else lists the non-dimension coordinates
   whose dimensions it has (xarray's rule); ``grid_mapping`` from the encoding when not an attribute;
-- attributes are written as h5netcdf does: strings as variable-length UTF-8 scalars, lists of strings as
-  variable-length string arrays, numbers as one-element arrays (so, as with h5netcdf, a one-element list
-  reads back as a scalar);
+- attributes: strings as NC_CHAR (fixed-length, as netCDF-C writes them; h5netcdf would write NC_STRING,
+  which ``ncdump -t`` and CF checkers do not take for ``units``), lists of strings as variable-length string
+  arrays (NC_STRING), numbers as one-element arrays (so, as with h5netcdf, a one-element list reads back as
+  a scalar); every reader gets the same values as from h5netcdf's file;
 - n-D variables (not the dimension coordinates) are stored as ONE chunk each, shuffled and deflated
   here (numpy byte transpose + ISA-L's zlib-compatible deflate, several times faster than zlib at a
   similar ratio) and written with ``write_direct_chunk``: the file declares the standard HDF5 shuffle +
@@ -143,10 +144,21 @@ def _write_attrs(target: h5py.AttributeManager, attrs: Mapping[Hashable, Any], w
         target[str(key)] = _attr_value(value, f"{where} attribute {key!r}")
 
 
+def char_attr(text: str) -> Any:
+    """A string attribute as netCDF-C writes it (NC_CHAR: a fixed-length HDF5 string), which ``ncdump -t``
+    and CF tools expect (``units`` of time, say); empty strings stay variable-length (HDF5 has no
+    zero-length fixed string). h5netcdf and netCDF-C read both back as the same text."""
+    raw = text.encode("utf-8")
+    if not raw:
+        return text
+    return np.array(raw, dtype=h5py.string_dtype("ascii" if raw.isascii() else "utf-8", len(raw)))
+
+
 def _attr_value(value: Any, what: str) -> Any:
-    """The value as h5netcdf stores it: str as-is, numbers as one-element arrays, lists as arrays."""
+    """The value to store: str as NC_CHAR (:func:`char_attr`), numbers as one-element arrays, lists as
+    arrays (lists of strings as NC_STRING arrays: netCDF has no char array of strings)."""
     if isinstance(value, str):
-        return value
+        return char_attr(value)
     if isinstance(value, bool | np.bool_) or value is None or isinstance(value, Mapping):
         raise ValueError(f"NetCDF writer: {what} has unsupported type {type(value).__name__}")
     if isinstance(value, list | tuple | np.ndarray):
