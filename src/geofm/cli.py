@@ -277,6 +277,7 @@ def search(
     """The chips most similar (cosine, class embeddings) to a chip at a date, from the LanceDB table."""
     from rich.table import Table
 
+    from geofm.layout import Layout
     from geofm.vectordb import VectorDBError
     from geofm.vectordb import search as run_search
 
@@ -288,6 +289,9 @@ def search(
                           date_range=date_range, grids=grid, bbox=bbox)
     except VectorDBError as exc:
         fail(str(exc))
+    if len(hits) and {"aoi_name", "s3_location_png_thumbnail"} <= set(hits.columns):  # stored -> URLs
+        pairs = zip(hits["aoi_name"], hits["s3_location_png_thumbnail"], strict=True)
+        hits["s3_location_png_thumbnail"] = [Layout(cfg.output_root, a).resolve(v) for a, v in pairs]
     cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "s3_location_png_thumbnail")
             if c in hits.columns]
     if as_json:

@@ -8,7 +8,7 @@ Works for a local folder or ``s3://`` URI; S3-compatible endpoints come from ``A
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -16,7 +16,9 @@ import lancedb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import shapely
 from lancedb.index import BTree, IvfHnswSq, IvfPq, IvfSq
+from shapely.geometry.base import BaseGeometry
 
 from geofm.storage import lancedb_storage_options
 
@@ -149,6 +151,16 @@ def replace_aoi_rows(
                     f"with another schema (model or embedding size?): {exc}"
                 ) from exc
     return build_indices(tbl, index_min_rows, index_type)
+
+
+def row_geometry(row: Mapping[str, Any]) -> BaseGeometry | None:
+    """A row's chip polygon (WGS84): WKB ``geometry``, or ``geometry_wkt`` of tables written before the
+    change to WKB; None when the row has neither."""
+    wkb = row.get("geometry")
+    if isinstance(wkb, bytes | bytearray | memoryview):
+        return shapely.from_wkb(bytes(wkb))
+    wkt = row.get("geometry_wkt")
+    return shapely.from_wkt(wkt) if isinstance(wkt, str) else None
 
 
 def _filters(

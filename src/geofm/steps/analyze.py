@@ -109,7 +109,7 @@ def fit_global_pca(rows: pd.DataFrame, cfg: PipelineConfig) -> PCAModel:
     sample: np.ndarray | None = None  # filled in place: the sample is held once (it can be GBs)
     n = 0
     for i in idx:
-        v = load_embedding(rows[col].iloc[i]).ravel()
+        v = load_embedding(cfg.layout.resolve(rows[col].iloc[i])).ravel()
         if not np.all(np.isfinite(v)):
             continue
         if sample is None:
@@ -267,7 +267,7 @@ def process_unit(cfg: PipelineConfig, unit: str) -> dict[str, Any]:
     inputs_id = _inputs_id(cfg, model, rows)
     if not cfg.force and is_complete(url, inputs_id):
         return {"skipped": True}
-    embeddings = [load_embedding(u) for u in rows[EMB_COLUMN[cfg.embedding_kind]]]
+    embeddings = [load_embedding(lay.resolve(u)) for u in rows[EMB_COLUMN[cfg.embedding_kind]]]
     frame = analyze_chip(rows, embeddings, model, cfg)
     geoparquet.write(url, frame, {INPUTS_KEY: inputs_id})  # the inputs digest is for rerun checks
     return {"rows": len(frame), "nan_rows": int(frame["embedding_contains_nan_yn"].sum()),

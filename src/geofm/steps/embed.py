@@ -23,6 +23,7 @@ import pandas as pd
 from geofm import geoparquet, netcdf, storage
 from geofm.config import PipelineConfig
 from geofm.executors import local_model_devices, map_units
+from geofm.layout import Layout
 from geofm.models import spectral
 from geofm.models.registry import Embedder, ModelSpec, get_model_spec, load_embedder
 from geofm.report import StepReport
@@ -137,7 +138,8 @@ def is_embedded(cfg: PipelineConfig, meta: pd.DataFrame) -> bool:
         urls = [row["s3_location_cls_emb"]]
         if cfg.patch_embeddings:
             urls.append(row["s3_location_patch_emb"])
-        if any(not isinstance(u, str) or f"_{tag}_" not in u or not storage.exists(u) for u in urls):
+        if any(not isinstance(u, str) or f"_{tag}_" not in u or not storage.exists(cfg.layout.resolve(u))
+               for u in urls):
             return False
     return True
 
@@ -148,10 +150,11 @@ def _batches(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[i:i + size]
 
 
-def _load_batch(meta: pd.DataFrame, idx: list[int], bands: list[str]) -> list[tuple[int, np.ndarray | str]]:
+def _load_batch(layout: Layout, meta: pd.DataFrame, idx: list[int], bands: list[str]
+                ) -> list[tuple[int, np.ndarray | str]]:
     out: list[tuple[int, np.ndarray | str]] = []
     for i in idx:
-        url = meta.at[i, "s3_location_netcdf"]
+        url = layout.resolve(meta.at[i, "s3_location_netcdf"])
         try:
             out.append((i, read_chip(url, bands)))
         except Exception as exc:  # one unreadable chip is recorded, the others go on
@@ -180,12 +183,13 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chip-prefetch") as pool:
         batches = list(_batches(todo, cfg.batch_size))
         pending: Future[list[tuple[int, np.ndarray | str]]] | None = (
-            pool.submit(_load_batch, meta, batches[0], bands) if batches else None
+            pool.submit(_load_batch, layout, meta, batches[0], bands) if batches else None
         )
         for b in range(len(batches)):
             assert pending is not None
             loaded = pending.result()
-            pending = pool.submit(_load_batch, meta, batches[b + 1], bands) if b + 1 < len(batches) else None
+            pending = (pool.submit(_load_batch, layout, meta, batches[b + 1], bands) if b + 1 < len(batches)
+                       else None)
             good = [(i, a) for i, a in loaded if isinstance(a, np.ndarray)]
             for i, err in loaded:
                 if isinstance(err, str):
@@ -223,8 +227,8 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
     dates = pd.to_datetime(meta["date"]) if n else pd.Series([], dtype="datetime64[ns]")
     meta["year"] = dates.dt.year.astype("Int64") if n else pd.Series([], dtype="Int64")
     meta["month"] = dates.dt.month.astype("Int64") if n else pd.Series([], dtype="Int64")
-    meta["s3_location_cls_emb"] = pd.Series(cls_urls, dtype=object)
-    meta["s3_location_patch_emb"] = pd.Series(patch_urls, dtype=object)
+    meta["s3_location_cls_emb"] = pd.Series([u and layout.stored(u) for u in cls_urls], dtype=object)
+    meta["s3_location_patch_emb"] = pd.Series([u and layout.stored(u) for u in patch_urls], dtype=object)
     meta["model"] = cfg.model
     meta["embedding_dim"] = spec.embedding_dim
     meta["embedding_status"] = pd.Series(status, dtype=object)

@@ -19,11 +19,12 @@ import xarray as xr
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from geofm import geoparquet, netcdf, sentinel2, storage, thumbnails
+from geofm import cf, geoparquet, netcdf, sentinel2, storage, thumbnails
 from geofm.aoi import load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
 from geofm.config import PipelineConfig
 from geofm.executors import map_units
+from geofm.layout import Layout
 from geofm.report import StepReport
 from geofm.scene import SceneReader, item_datetime, load_item
 
@@ -86,13 +87,26 @@ def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, 
     ds = xr.Dataset(variables, coords={"x": x, "y": y, "time": np.datetime64(when.tz_convert(None), "ns")})
     ds = ds.rio.write_crs(grid.crs).rio.write_transform(t @ Affine.translation(col, row))
     for v in ds.data_vars:
-        ds[v].attrs["grid_mapping"] = "spatial_ref"
+        ds[v].attrs["grid_mapping"] = cf.GRID_MAPPING
         # list spatial_ref among the coordinates, so plain xr.open_dataset(...).rio.crs finds it
-        ds[v].encoding["coordinates"] = "time spatial_ref"
-    ds["x"].attrs.update(units="m", standard_name="projection_x_coordinate", long_name="pixel centre x")
-    ds["y"].attrs.update(units="m", standard_name="projection_y_coordinate", long_name="pixel centre y")
-    ds.attrs = attrs
+        ds[v].encoding["coordinates"] = f"time {cf.GRID_MAPPING}"
+    _cf_attrs(ds, bands)
+    ds.attrs = {**cf.global_attrs(str(attrs.get("scene_id")), str(attrs.get("chip_id"))), **attrs}
     return ds
+
+
+def _cf_attrs(ds: xr.Dataset, bands: list[str]) -> None:
+    """The CF-1.10 attributes and fill values of the chip's variables (geofm.cf)."""
+    for b in bands:
+        ds[b].attrs.update(cf.band_attrs(b))
+    ds[sentinel2.SCL_NAME].attrs.update(cf.scl_attrs())
+    ds[sentinel2.SCL_NAME].encoding["_FillValue"] = cf.SCL_FILL
+    for axis in ("X", "Y"):
+        name = axis.lower()
+        ds[name].attrs.update(cf.projection_coordinate_attrs(axis))
+        ds[name].encoding["_FillValue"] = None  # CF: coordinate variables have no fill value
+    ds["time"].attrs.update(cf.time_attrs())
+    ds[cf.GRID_MAPPING].attrs.update(cf.grid_mapping_attrs())
 
 
 def netcdf_bytes(ds: xr.Dataset) -> bytes:
@@ -130,7 +144,7 @@ def is_complete(cfg: PipelineConfig, scene_id: str) -> bool:
         return False
     if len(meta) and (meta["chip_size"] != cfg.chip_size).any():
         return False
-    return all(storage.exists(f) for c in FILE_COLUMNS for f in meta[c])
+    return all(storage.exists(cfg.layout.resolve(f)) for c in FILE_COLUMNS for f in meta[c])
 
 
 # ---- one scene ----------------------------------------------------------------------------------
@@ -154,7 +168,7 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
             data = reader.read_chip(grid, chip)
             rows.append(_write_chip(cfg, scene_id, grid_code, grid, chip, data, bands, when,
                                     reader.offset))
-    stale = _stale_files(layout.meta(scene_id), rows)
+    stale = _stale_files(layout, layout.meta(scene_id), rows)
     write_meta(layout.meta(scene_id), rows)  # last: its presence means the scene is complete
     for url in stale:  # chips of an earlier run that this run no longer makes (the AOI changed, say)
         storage.remove(url)
@@ -162,16 +176,16 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
             "removed_stale_files": len(stale)}
 
 
-def _stale_files(meta_url: str, rows: list[dict[str, Any]]) -> list[str]:
-    """Chip files listed by the scene's previous meta that the new rows do not list."""
+def _stale_files(layout: Layout, meta_url: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Chip files (URLs) listed by the scene's previous meta that the new rows do not list."""
     try:
         old = read_meta(meta_url) if storage.exists(meta_url) else None
     except Exception:  # a torn or foreign meta: nothing known to clean
         return []
     if old is None or old.empty:
         return []
-    keep = {r[c] for r in rows for c in FILE_COLUMNS}
-    return sorted({u for c in FILE_COLUMNS for u in old[c] if isinstance(u, str)} - keep)
+    keep = {layout.resolve(r[c]) for r in rows for c in FILE_COLUMNS}
+    return sorted({layout.resolve(u) for c in FILE_COLUMNS for u in old[c] if isinstance(u, str)} - keep)
 
 
 def planned_chips(cfg: PipelineConfig, scene_id: str) -> int:
@@ -208,7 +222,7 @@ def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGr
         "utm_maxx": maxx, "utm_maxy": maxy, "centroid_lat": lat, "centroid_lon": lon,
         "cloud_cover_perc": cloud_share(data[sentinel2.SCL_NAME]),
         "missing_data_perc": missing_share([data[b] for b in bands]),
-        "s3_location_netcdf": nc_url, "s3_location_png_thumbnail": png_url,
+        "s3_location_netcdf": layout.stored(nc_url), "s3_location_png_thumbnail": layout.stored(png_url),
     }
 
 
