@@ -99,7 +99,7 @@ def _write_variable(f: h5py.File, ds: xr.Dataset, name: str, var: xr.Variable, d
         raise ValueError(f"NetCDF writer: variable {name!r} has dtype {values.dtype}; only numbers and "
                          "datetime64 are supported")
     fill = var.encoding.get("_FillValue", np.nan if values.dtype.kind == "f" else None)
-    kwargs: dict[str, Any] = {"track_order": True}
+    kwargs: dict[str, Any] = {"track_order": True, "dcpl": _compact_attributes()}
     if fill is not None:
         fill = np.array(fill, values.dtype)
         kwargs["fillvalue"] = fill
@@ -122,6 +122,18 @@ def _write_variable(f: h5py.File, ds: xr.Dataset, name: str, var: xr.Variable, d
             attrs["coordinates"] = coords
     _write_attrs(h5.attrs, attrs, f"variable {name!r}")
     return h5
+
+
+# Attributes per variable kept in its object header: HDF5's default (8) moves a CF variable's dozen
+# attributes to "dense" storage, a fractal heap and B-tree of a few KB per variable.
+MAX_COMPACT_ATTRIBUTES = 32
+
+
+def _compact_attributes() -> Any:
+    """A dataset creation property list keeping up to :data:`MAX_COMPACT_ATTRIBUTES` attributes compact."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_attr_phase_change(MAX_COMPACT_ATTRIBUTES, MAX_COMPACT_ATTRIBUTES - 8)
+    return dcpl
 
 
 def deflated_chunk(values: np.ndarray, complevel: int, shuffle: bool) -> bytes:
