@@ -247,7 +247,8 @@ def search(
     ``exclude_query_chip`` is False. ``exact`` True bypasses the ANN index (brute force); None (auto)
     does so when the filters keep at most ``EXACT_FILTERED_MAX_ROWS`` rows. Columns: chip_id,
     date, score (1 - cosine distance), mgrs_grid, s3_location_png_thumbnail and the other stored
-    columns except the vector.
+    columns except the vector (paths as stored: ``Layout.resolve`` turns them into URLs; the chip
+    polygon as WKB ``geometry``, see :func:`row_geometry`).
     """
     if k < 1:
         raise VectorDBError(f"k must be at least 1, got {k}")
