@@ -336,6 +336,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
 ) -> None:
     """The chips most similar (cosine, class embeddings) to a chip at a date, from the LanceDB table."""
+    from geofm.layout import Layout
     from geofm.vectordb import search as run_search
 
     cfg = build_config(config, None, aoi_name, out, None, None, set_)
@@ -343,6 +344,9 @@ def search(
     query_date = _date(date_, "--date")
     hits = run_search(cfg.layout.lance_db, chip_id=chip, date=query_date, k=k, min_score=min_score,
                       date_range=date_range, grids=grid, bbox=bbox)
+    if len(hits) and {"aoi_name", "s3_location_png_thumbnail"} <= set(hits.columns):  # stored -> URLs
+        pairs = zip(hits["aoi_name"], hits["s3_location_png_thumbnail"], strict=True)
+        hits["s3_location_png_thumbnail"] = [Layout(cfg.output_root, a).resolve(v) for a, v in pairs]
     cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "s3_location_png_thumbnail")
             if c in hits.columns]
     if as_json:

@@ -8,13 +8,15 @@ Works for a local folder or ``s3://`` URI; S3-compatible endpoints come from ``A
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import shapely
+from shapely.geometry.base import BaseGeometry
 
 from geofm.errors import ConfigError, InputError, NotFoundError, VectorDBError
 from geofm.storage import lancedb_storage_options
@@ -154,6 +156,16 @@ def replace_aoi_rows(
     return build_indices(tbl, index_min_rows, index_type)
 
 
+def row_geometry(row: Mapping[str, Any]) -> BaseGeometry | None:
+    """A row's chip polygon (WGS84): WKB ``geometry``, or ``geometry_wkt`` of tables written before the
+    change to WKB; None when the row has neither."""
+    wkb = row.get("geometry")
+    if isinstance(wkb, bytes | bytearray | memoryview):
+        return shapely.from_wkb(bytes(wkb))
+    wkt = row.get("geometry_wkt")
+    return shapely.from_wkt(wkt) if isinstance(wkt, str) else None
+
+
 def _filters(
     date_: date | str | None,
     date_range: tuple[date | str | None, date | str | None] | None,
@@ -238,7 +250,8 @@ def search(
     ``exclude_query_chip`` is False. ``exact`` True bypasses the ANN index (brute force); None (auto)
     does so when the filters keep at most ``EXACT_FILTERED_MAX_ROWS`` rows. Columns: chip_id,
     date, score (1 - cosine distance), mgrs_grid, s3_location_png_thumbnail and the other stored
-    columns except the vector.
+    columns except the vector (paths as stored: ``Layout.resolve`` turns them into URLs; the chip
+    polygon as WKB ``geometry``, see :func:`row_geometry`).
     """
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")

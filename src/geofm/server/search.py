@@ -15,7 +15,7 @@ from geofm import storage, vectordb
 from geofm.server.catalog import clean, iso_date
 
 RESULT_COLUMNS = ("chip_id", "x_dim", "y_dim", "date", "scene_id", "mgrs_grid", "minx", "miny", "maxx",
-                  "maxy", "cloud_cover_perc", "geometry_wkt")
+                  "maxy", "cloud_cover_perc")
 
 
 class SearchError(LookupError):
@@ -49,5 +49,7 @@ def similar_chips(
         hit = {"score": float(row["score"])}
         hit.update({c: clean(row[c]) for c in RESULT_COLUMNS if c in row})
         hit["date"] = iso_date(row["date"])
+        geometry = vectordb.row_geometry(row)  # stored as WKB (older tables: WKT)
+        hit["geometry_wkt"] = geometry.wkt if geometry is not None else None
         out.append(hit)
     return out
