@@ -203,6 +203,10 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
             return Response(status_code=499)
         return _png(png, source, redact(note))
 
+    @app.get("/api/{rest:path}", include_in_schema=False)
+    def no_such_route(rest: str) -> None:  # under /api nothing falls through to the front end's files
+        raise NotFoundError("no such API route (see /docs)")
+
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
     else:
