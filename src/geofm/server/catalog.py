@@ -69,7 +69,8 @@ class VersionedLRU:
     def get(self, key: tuple[str, ...], stamp: Callable[[], Any], load: Callable[[], T], what: str) -> T:
         """The value for ``key``: cached when ``stamp()`` still matches, else ``load()`` (kept only when
         the stamp did not move while loading, so a half-rewritten output is never kept). A file that
-        vanished raises :class:`NotFoundError` naming ``what``."""
+        vanished raises :class:`NotFoundError`, one that cannot be parsed :class:`StorageError`; both
+        name ``what``, never a path."""
         try:
             before = stamp()
             with self._lock:
@@ -81,6 +82,10 @@ class VersionedLRU:
             after = stamp()
         except FileNotFoundError:
             raise NotFoundError(f"{what} is gone (the output changed while it was read)") from None
+        except GeofmError:
+            raise
+        except Exception as exc:  # broken or half-written file: the caller may retry
+            raise StorageError(f"{what} cannot be read ({type(exc).__name__})") from exc
         with self._lock:
             if after == before:
                 self._entries[key] = (before, value)
@@ -143,15 +148,9 @@ class Catalog:
         return self.layout(aoi)
 
     def _json(self, url: str, what: str, cache: VersionedLRU | None = None) -> Any:
-        """A JSON file of the output, cached by version; missing -> :class:`NotFoundError`, broken ->
-        :class:`StorageError` (both name ``what``, never the path)."""
-        def load() -> Any:
-            try:
-                return storage.read_json(url)
-            except ValueError as exc:
-                raise StorageError(f"{what} is not valid JSON") from exc
-
-        return (cache or self.tables).get(("json", url), lambda: storage.version(url), load, what)
+        """A JSON file of the output, cached by version (errors as :meth:`VersionedLRU.get`)."""
+        return (cache or self.tables).get(("json", url), lambda: storage.version(url),
+                                          lambda: storage.read_json(url), what)
 
     def config(self, aoi: str, grid: str) -> dict[str, Any] | None:
         """The step-4 front-end config JSON as written, or None when absent."""
@@ -183,13 +182,7 @@ class Catalog:
         url = self.check(aoi, grid).consolidated_output(grid)
 
         def load() -> gpd.GeoDataFrame:
-            try:
-                df = geoparquet.read(url)
-            except FileNotFoundError:
-                raise
-            except Exception as exc:  # a file being rewritten or broken: the caller may retry
-                raise StorageError(f"consolidated output of AOI {aoi!r} grid {grid!r} cannot be read "
-                                   f"({type(exc).__name__})") from exc
+            df = geoparquet.read(url)
             df["day"] = pd.to_datetime(df["date"]).dt.strftime("%Y-%m-%d")
             return df.sort_values(["chip_id", "day"]).reset_index(drop=True)
 
