@@ -49,6 +49,13 @@ async def _until(event: threading.Event) -> None:
     raise AssertionError("timed out waiting")
 
 
+async def _slots_free(pool: RenderPool) -> None:
+    for _ in range(WAIT_S * 100):
+        if pool.running == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 def test_queued_render_of_a_gone_client_never_starts():
     async def main() -> None:
         pool = RenderPool(slots=1, queue_timeout=WAIT_S, timeout=WAIT_S)
@@ -81,10 +88,7 @@ def test_running_render_is_told_to_stop_and_keeps_its_slot_until_it_does():
         gone.set()
         with pytest.raises(ClientGone):
             await task
-        for _ in range(WAIT_S * 100):
-            if pool.running == 0:
-                break
-            await asyncio.sleep(0.01)
+        await _slots_free(pool)
         assert job.saw_cancel and pool.running == 0 and pool.stats["cancelled"] == 1
         pool.close()
 
@@ -98,10 +102,7 @@ def test_render_past_its_timeout_is_busy_and_told_to_stop():
         _, stay = _flag()
         with pytest.raises(RenderBusy, match="longer than"):
             await pool.run(slow, stay)
-        for _ in range(WAIT_S * 100):  # the slot is held until the stopped render's thread returns
-            if pool.running == 0:
-                break
-            await asyncio.sleep(0.01)
+        await _slots_free(pool)  # the slot is held until the stopped render's thread returns
         assert slow.saw_cancel and pool.running == 0 and pool.stats["timed_out"] == 1
         pool.close()
 
