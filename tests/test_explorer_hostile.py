@@ -161,6 +161,23 @@ def test_low_zoom_tiles_answered_at_once_and_the_api_stays_responsive(server, ex
     assert sum(r.status == 200 for (k, _, _), r in replies if k == "tile") >= len(tiles)
 
 
+def test_fifty_parallel_searches_are_all_right(server, planted):
+    """What held before and must keep holding: 50 searches at once, each with hits of its chip's class."""
+    hand = planted["hand"]
+    base = f"/api/aois/{hand.aoi}/grids/{hand.grid}/search"
+    chips = sorted(hand.classes)
+    queries = [(chips[i % len(chips)], hand.dates[i % len(hand.dates)]) for i in range(50)]
+    with ThreadPoolExecutor(50) as pool:
+        replies = list(pool.map(lambda q: server.get(f"{base}?chip_id={q[0]}&date={q[1]}&k=5&min_score=0.9"),
+                                queries))
+    for (chip, day), reply in zip(queries, replies, strict=True):
+        assert reply.status == 200, reply.text
+        hits = json.loads(reply.body)["results"]
+        assert hits and all(h["date"] == day and h["chip_id"] != chip for h in hits)
+        if chip != hand.change_chip:
+            assert {hand.classes[h["chip_id"]] for h in hits} == {hand.classes[chip]}, (chip, day)
+
+
 # ---- catalog --------------------------------------------------------------------------------------------
 def test_aoi_asked_for_then_made_then_listed_then_removed(server, planted):
     root, hand = planted["root"], planted["hand"]

@@ -310,8 +310,9 @@ def search(
 @app.command()
 def serve(
     out: Annotated[str, typer.Option("--out", "-o", help="Output root to explore: folder or s3://bucket/prefix.")],
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")]
-    = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to bind; 0.0.0.0 exposes it to the network (name the host that clients use "
+        "with --allow-host).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port.", min=1, max=65535)] = 8000,
     archive: Annotated[list[str] | None, typer.Option(
         "--archive", help="Scene archive folder (or s3:// prefix) whose COGs map tiles may read, besides the "
@@ -323,7 +324,7 @@ def serve(
         "--allow-host", help="Another name the explorer answers to in the Host header, besides localhost "
         "and the bound address (e.g. a reverse proxy's name). Repeatable.")] = None,
     render_slots: Annotated[int | None, typer.Option(
-        "--render-slots", min=1, max=64, help="Map tiles rendered at once [default: CPU cores, at most 4].")]
+        "--render-slots", min=1, max=64, help="Map tiles rendered at once (default: CPU cores, at most 4).")]
     = None,
 ) -> None:
     """Start the explorer (web map for similarity search and change detection) and print its address."""

@@ -92,7 +92,7 @@ class _Redactor:
 
     def __call__(self, message: str) -> str:
         for form in self.forms:
-            message = message.replace(form, "<output>")
+            message = message.replace(form, "<root>")
         return message
 
 
