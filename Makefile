@@ -23,10 +23,14 @@ venv install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-# Debian packages the tests use: headless Chromium for the browser tests.
+# Debian packages the tests use: headless Chromium for the browser tests; UDUNITS-2 for cfchecker (via
+# cfunits) and ncdump (netcdf-bin) for the chip NetCDF checks.
 system-deps:
 	@if ! command -v chromium >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
+	@if ! command -v ncdump >/dev/null 2>&1 || ! ldconfig -p | grep -q libudunits2; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libudunits2-0 libudunits2-dev netcdf-bin; \
 	fi
 	@if ! command -v npm >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; \

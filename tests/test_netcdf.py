@@ -33,9 +33,10 @@ ENCODING_KEYS = ("dtype", "zlib", "shuffle", "contiguous", "_FillValue", "units"
 
 
 def xarray_bytes(ds: xr.Dataset) -> bytes:
-    """The previous step-1 writer: xarray + h5netcdf, zlib level 1 + shuffle on every data variable."""
-    encoding = {v: {"zlib": True, "complevel": 1, "shuffle": True}
-                for v in ds.data_vars}
+    """The previous step-1 writer: xarray + h5netcdf, zlib level 1 + shuffle on every data variable (and the
+    variable's own encoding, e.g. SCL's ``_FillValue``, which an ``encoding`` argument would replace)."""
+    own = {v: {k: e for k, e in ds[v].encoding.items() if k == "_FillValue"} for v in ds.data_vars}
+    encoding = {v: {**own[v], "zlib": True, "complevel": 1, "shuffle": True} for v in ds.data_vars}
     return bytes(ds.to_netcdf(engine="h5netcdf", encoding=encoding))
 
 
@@ -94,12 +95,13 @@ def assert_same_file_content(ds: xr.Dataset, tmp_path: Path) -> xr.Dataset:
         assert a.values.tobytes() == b.values.tobytes(), f"{name}: not bit-identical"
         for key in ENCODING_KEYS:
             assert str(a.encoding.get(key)) == str(b.encoding.get(key)), f"{name}: encoding {key}"
-    for name, var in ds.data_vars.items():  # and both equal what was written
-        assert ours[name].values.tobytes() == var.values.tobytes(), name
-        assert ours[name].attrs == {"grid_mapping": "spatial_ref"}
+    raw = xr.open_dataset(io.BytesIO(preprocess.netcdf_bytes(ds)), engine="h5netcdf", mask_and_scale=False)
+    for name, var in ds.data_vars.items():  # and both equal what was written (undecoded: SCL's 0 stays 0)
+        assert raw[name].values.tobytes() == var.values.tobytes(), name
+        assert ours[name].attrs["grid_mapping"] == "spatial_ref"
+        assert ours[name].attrs.keys() >= {"long_name"} and "units" in ours[name].attrs or name == "scl"
         assert ours[name].encoding["chunksizes"] == var.shape  # one chunk per variable
         assert ours[name].encoding["complevel"] == preprocess.NETCDF_COMPLEVEL
-    assert len(preprocess.netcdf_bytes(ds)) < len(xarray_bytes(ds))  # and the file is smaller
     assert ours.attrs.keys() == theirs.attrs.keys() == ds.attrs.keys()
     assert ours.time.values == ds.time.values and ours.time.dtype == np.dtype("datetime64[ns]")
     assert ours.rio.crs == theirs.rio.crs == ds.rio.crs
@@ -117,8 +119,14 @@ def assert_same_file_content(ds: xr.Dataset, tmp_path: Path) -> xr.Dataset:
 
 def test_real_chip_reads_back_the_same_as_xarrays_file(real_chip: xr.Dataset, tmp_path: Path) -> None:
     ours = assert_same_file_content(real_chip, tmp_path)
+    assert len(preprocess.netcdf_bytes(real_chip)) < len(xarray_bytes(real_chip))  # and the file is smaller
     assert np.isnan(ours["red"].values[:5, :7]).all() and not np.isnan(ours["red"].values[5:, 7:]).any()
-    assert ours["scl"].dtype == np.uint8 and "_FillValue" not in ours["scl"].encoding
+    # SCL class 0 is its _FillValue: xarray masks it (float32, NaN) unless asked for the raw uint8 classes
+    assert ours["scl"].dtype == np.float32 and ours["scl"].encoding["_FillValue"] == 0
+    raw = xr.open_dataset(io.BytesIO(preprocess.netcdf_bytes(real_chip)), engine="h5netcdf", mask_and_scale=False)
+    assert raw["scl"].dtype == np.uint8
+    np.testing.assert_array_equal(raw["scl"].values, real_chip["scl"].values)
+    np.testing.assert_array_equal(np.isnan(ours["scl"].values), real_chip["scl"].values == 0)
     assert ours.attrs["bands"] == ["blue", "green", "red", "nir"]
     np.testing.assert_array_equal(ours.attrs["wavelengths"], [0.493, 0.56, 0.665, 0.842])
     assert ours.attrs["crs"] == "EPSG:32633" and ours.rio.crs.to_epsg() == 32633
@@ -133,9 +141,10 @@ def test_twelve_band_chip_reads_back_the_same(tmp_path: Path) -> None:
     bands = [b.name for b in sentinel2.BANDS]
     ds = synthetic_chip(bands)
     ours = assert_same_file_content(ds, tmp_path)
+    assert len(preprocess.netcdf_bytes(ds)) < len(xarray_bytes(ds))  # data, not attributes, make the size
     assert ours.attrs["bands"] == bands and len(ours.attrs["wavelengths"]) == 12
     assert ours.attrs["x_dim"] == 2 and ours.attrs["chip_size"] == 32 and ours.attrs["gsd"] == 10.0
-    assert np.isnan(ours["swir22"].values[11]).all() and int(ours["scl"].values[0, 0]) == 0
+    assert np.isnan(ours["swir22"].values[11]).all() and np.isnan(ours["scl"].values[0, 0])  # SCL 0: fill
     assert ours.x.values[0] == 600000 + 2 * 320 + 5 and ours.y.values[0] == 4500000 - 320 - 5
 
 

@@ -336,6 +336,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
 ) -> None:
     """The chips most similar (cosine, class embeddings) to a chip at a date, from the LanceDB table."""
+    from geofm.layout import Layout
     from geofm.vectordb import search as run_search
 
     cfg = build_config(config, None, aoi_name, out, None, None, set_)
@@ -343,6 +344,9 @@ def search(
     query_date = _date(date_, "--date")
     hits = run_search(cfg.layout.lance_db, chip_id=chip, date=query_date, k=k, min_score=min_score,
                       date_range=date_range, grids=grid, bbox=bbox)
+    if len(hits) and {"aoi_name", "s3_location_png_thumbnail"} <= set(hits.columns):  # stored -> URLs
+        pairs = zip(hits["aoi_name"], hits["s3_location_png_thumbnail"], strict=True)
+        hits["s3_location_png_thumbnail"] = [Layout(cfg.output_root, a).resolve(v) for a, v in pairs]
     cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "s3_location_png_thumbnail")
             if c in hits.columns]
     if as_json:
@@ -363,19 +367,42 @@ def search(
 @app.command()
 def serve(
     out: Annotated[str, typer.Option("--out", "-o", help="Output root to explore: folder or s3://bucket/prefix.")],
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes it to the network.")]
-    = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to bind; 0.0.0.0 exposes it to the network (name the host that clients use "
+        "with --allow-host).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port.", min=1, max=65535)] = 8000,
+    archive: Annotated[list[str] | None, typer.Option(
+        "--archive", help="Scene archive folder (or s3:// prefix) whose COGs map tiles may read, besides the "
+        "output root (which holds geofm synth's synthetic-archive/). Repeatable.")] = None,
+    allow_remote_assets: Annotated[bool, typer.Option(
+        "--allow-remote-assets", help="Read scene COGs from the public http(s)/s3 hosts their STAC items "
+        "name (never loopback or private addresses). Off: tiles fall back to the chip thumbnails.")] = False,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Another name the explorer answers to in the Host header, besides localhost "
+        "and the bound address (e.g. a reverse proxy's name). Repeatable.")] = None,
+    render_slots: Annotated[int | None, typer.Option(
+        "--render-slots", min=1, max=64, help="Map tiles rendered at once (default: CPU cores, at most 4).")]
+    = None,
 ) -> None:
     """Start the explorer (web map for similarity search and change detection) and print its address."""
     from geofm import storage
     from geofm.errors import NotFoundError
     from geofm.layout import Layout
+    from geofm.server import ExplorerOptions
     from geofm.server import serve as run_serve
 
     if not storage.exists(Layout.outputs_dir(out)):
         raise NotFoundError(f"--out {out!r}: no pipeline output there (expected {Layout.outputs_dir(out)})")
-    run_serve(out, host=host, port=port)
+    for a in archive or []:
+        if not storage.exists(a):
+            raise NotFoundError(f"--archive {a!r}: no such folder")
+    opts = ExplorerOptions(archives=tuple(archive or ()), allow_remote_assets=allow_remote_assets,
+                           allow_hosts=tuple(allow_host or ()),
+                           **({"render_slots": render_slots} if render_slots else {}))
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"geofm explorer on http://{shown}:{port}/ (API docs: http://{shown}:{port}/docs) "
+                  f"for {out}")
+    run_serve(out, host=host, port=port, options=opts)
 
 
 # ---- sub-apps ----------------------------------------------------------------------------------

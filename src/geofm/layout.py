@@ -8,6 +8,7 @@ and the global PCA model live under ``output/<aoi>/runs/`` and ``processed-embed
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from geofm import storage
@@ -23,6 +24,15 @@ def join(root: str, *parts: str) -> str:
         if p:
             out = f"{out}/{p}"
     return out
+
+
+def _is_absolute(url: str) -> bool:
+    return "://" in url or url.startswith("/")
+
+
+def _absolute(url: str) -> str:
+    """``url`` with a local path made absolute and normalised (``./a/../b`` -> ``/cwd/b``)."""
+    return url.rstrip("/") if "://" in url else os.path.abspath(url)
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,38 @@ class Layout:
     def lance_db(self) -> str:
         """The LanceDB database folder (its table name: ``geofm.vectordb.DEFAULT_TABLE``)."""
         return join(self.output_dir, "lance-db")
+
+    # ---- paths stored in tables (meta, processed, consolidated, LanceDB) -----------------------
+    def stored(self, url: str) -> str:
+        """How a file's URL is stored in a table (the one rule, docs/formats.md "Paths in tables"):
+        relative to the AOI's output folder ``output/<aoi>/`` when the file is inside it (so the folder can
+        be moved, copied or read from any working folder), else an absolute URL (``s3://...``, an
+        absolute local path)."""
+        base, target = _absolute(self.output_dir), _absolute(url)
+        if target.startswith(base + "/"):
+            return target[len(base) + 1:]
+        return target
+
+    def resolve(self, value: str) -> str:
+        """The URL of a path read from a table: the inverse of :meth:`stored`, and every reader's way to
+        turn such a column into a URL. Tables written before the rule keep working: an absolute value
+        is used as it is; a relative one that names ``output/<aoi>/`` (the working-folder-relative
+        paths older runs stored) is taken from that point on, under this layout's output folder."""
+        if _is_absolute(value):
+            return value
+        parts = value.split("/")
+        for i in range(len(parts) - 2):
+            if parts[i] == "output" and parts[i + 1] == self.aoi_name:
+                return join(self.output_dir, *parts[i + 2:])
+        return join(self.output_dir, value)
+
+    def restore(self, value: str) -> str:
+        """A stored value of any age (see :meth:`resolve`) stored again by the current rule."""
+        return self.stored(self.resolve(value))
+
+    # Columns holding stored paths (meta, analyze rows, processed, consolidated; the first two in LanceDB).
+    PATH_COLUMNS = ("s3_location_netcdf", "s3_location_png_thumbnail", "s3_location_cls_emb",
+                    "s3_location_patch_emb")
 
     # ---- run bookkeeping ---------------------------------------------------------------------
     @property

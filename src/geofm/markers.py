@@ -10,8 +10,9 @@ fingerprint also serves as the identity of what it wrote: whatever is redone ups
 fingerprints downstream, so after any failures, kills or mended inputs one more run converges to the
 outputs of a clean run.
 
-Markers live at ``output/<aoi>/runs/markers/<step>/<unit>.json``; outputs are recorded relative to the
-output root when they lie under it (so a moved root keeps its markers valid).
+Markers live at ``output/<aoi>/runs/markers/<step>/<unit>.json``; outputs are recorded as the layout
+stores paths (``Layout.stored``: relative to ``output/<aoi>/`` when under it, so a moved output keeps its
+markers valid).
 """
 
 from __future__ import annotations
@@ -55,23 +56,12 @@ def _unit_name(file_name: str) -> str:
     return file_name.removesuffix(".json").replace("__", "/")
 
 
-def stored(lay: Layout, url: str) -> str:
-    """``url`` relative to the output root when it lies under it (identities and markers that do not
-    change when the root is moved), else as it is."""
-    root = lay.root.rstrip("/") + "/"
-    return url[len(root):] if url.startswith(root) else url
-
-
-def _resolved(lay: Layout, stored: str) -> str:
-    return stored if "://" in stored or stored.startswith("/") else f"{lay.root.rstrip('/')}/{stored}"
-
-
 def read(lay: Layout, step: str, unit: str) -> Marker | None:
     """The unit's marker, or None when it has none (a torn or foreign marker counts as none)."""
     url = lay.marker(step, _file_name(unit))
     try:
         obj = storage.read_json(url)
-        return Marker(step, unit, str(obj["fingerprint"]), [_resolved(lay, u) for u in obj["outputs"]],
+        return Marker(step, unit, str(obj["fingerprint"]), [lay.resolve(u) for u in obj["outputs"]],
                       dict(obj.get("info") or {}))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
@@ -81,7 +71,7 @@ def write(lay: Layout, marker: Marker) -> None:
     storage.write_json(lay.marker(marker.step, _file_name(marker.unit)), {
         "step": marker.step, "unit": marker.unit, "fingerprint": marker.fingerprint,
         "finished": datetime.now(UTC).isoformat(), "info": marker.info,
-        "outputs": [stored(lay, u) for u in marker.outputs],
+        "outputs": [lay.stored(u) for u in marker.outputs],
     })
 
 

@@ -16,9 +16,10 @@ encodings (fill values, decoded times):
   decode to the same datetime64);
 - a variable's ``coordinates`` attribute comes from its encoding, else lists the non-dimension coordinates
   whose dimensions it has (xarray's rule); ``grid_mapping`` from the encoding when not an attribute;
-- attributes are written as h5netcdf does: strings as variable-length UTF-8 scalars, lists of strings as
-  variable-length string arrays, numbers as one-element arrays (so, as with h5netcdf, a one-element list
-  reads back as a scalar);
+- attributes: strings as NC_CHAR (fixed-length, as netCDF-C writes them; h5netcdf would write NC_STRING,
+  which ``ncdump -t`` and CF checkers do not take for ``units``), lists of strings as variable-length string
+  arrays (NC_STRING), numbers as one-element arrays (so, as with h5netcdf, a one-element list reads back as
+  a scalar); every reader gets the same values as from h5netcdf's file;
 - n-D variables (not the dimension coordinates) are stored as ONE chunk each, shuffled and deflated
   here (numpy byte transpose + ISA-L's zlib-compatible deflate, several times faster than zlib at a
   similar ratio) and written with ``write_direct_chunk``: the file declares the standard HDF5 shuffle +
@@ -98,7 +99,7 @@ def _write_variable(f: h5py.File, ds: xr.Dataset, name: str, var: xr.Variable, d
         raise ValueError(f"NetCDF writer: variable {name!r} has dtype {values.dtype}; only numbers and "
                          "datetime64 are supported")
     fill = var.encoding.get("_FillValue", np.nan if values.dtype.kind == "f" else None)
-    kwargs: dict[str, Any] = {"track_order": True}
+    kwargs: dict[str, Any] = {"track_order": True, "dcpl": _compact_attributes()}
     if fill is not None:
         fill = np.array(fill, values.dtype)
         kwargs["fillvalue"] = fill
@@ -123,6 +124,18 @@ def _write_variable(f: h5py.File, ds: xr.Dataset, name: str, var: xr.Variable, d
     return h5
 
 
+# Attributes per variable kept in its object header: HDF5's default (8) moves a CF variable's dozen
+# attributes to "dense" storage, a fractal heap and B-tree of a few KB per variable.
+MAX_COMPACT_ATTRIBUTES = 32
+
+
+def _compact_attributes() -> Any:
+    """A dataset creation property list keeping up to :data:`MAX_COMPACT_ATTRIBUTES` attributes compact."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_attr_phase_change(MAX_COMPACT_ATTRIBUTES, MAX_COMPACT_ATTRIBUTES - 8)
+    return dcpl
+
+
 def deflated_chunk(values: np.ndarray, complevel: int, shuffle: bool) -> bytes:
     """``values`` as one HDF5 chunk through the shuffle (optional) and deflate filters, in that order."""
     values = np.ascontiguousarray(values)
@@ -143,10 +156,21 @@ def _write_attrs(target: h5py.AttributeManager, attrs: Mapping[Hashable, Any], w
         target[str(key)] = _attr_value(value, f"{where} attribute {key!r}")
 
 
+def char_attr(text: str) -> Any:
+    """A string attribute as netCDF-C writes it (NC_CHAR: a fixed-length HDF5 string), which ``ncdump -t``
+    and CF tools expect (``units`` of time, say); empty strings stay variable-length (HDF5 has no
+    zero-length fixed string). h5netcdf and netCDF-C read both back as the same text."""
+    raw = text.encode("utf-8")
+    if not raw:
+        return text
+    return np.array(raw, dtype=h5py.string_dtype("ascii" if raw.isascii() else "utf-8", len(raw)))
+
+
 def _attr_value(value: Any, what: str) -> Any:
-    """The value as h5netcdf stores it: str as-is, numbers as one-element arrays, lists as arrays."""
+    """The value to store: str as NC_CHAR (:func:`char_attr`), numbers as one-element arrays, lists as
+    arrays (lists of strings as NC_STRING arrays: netCDF has no char array of strings)."""
     if isinstance(value, str):
-        return value
+        return char_attr(value)
     if isinstance(value, bool | np.bool_) or value is None or isinstance(value, Mapping):
         raise ValueError(f"NetCDF writer: {what} has unsupported type {type(value).__name__}")
     if isinstance(value, list | tuple | np.ndarray):

@@ -84,11 +84,14 @@ def all_exist(urls: list[str]) -> bool:
     return True
 
 
-def version(url: str) -> str:
-    """Size and modification stamp of a file (local or s3): tells when a cached copy is stale."""
-    info = filesystem(url).info(_local(url) if not is_remote(url) else url)
+def _stamp(info: dict[str, Any]) -> str:
     stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
     return f"{info.get('size')}:{stamp}"
+
+
+def version(url: str) -> str:
+    """Size and modification stamp of a file (local or s3): tells when a cached copy is stale."""
+    return _stamp(filesystem(url).info(_local(url) if not is_remote(url) else url))
 
 
 def read_bytes(url: str) -> bytes:
@@ -194,6 +197,23 @@ def list_files(url: str, suffix: str = "") -> list[str]:
         if e.get("type") == "file" and e["name"].endswith(suffix):
             out.append("s3://" + e["name"] if is_s3(url) and not e["name"].startswith("s3://") else e["name"])
     return sorted(out)
+
+
+def file_versions(url: str, suffix: str = "") -> dict[str, str]:
+    """``{URL: version}`` of the files :func:`list_files` gives, from one listing on s3 (a cache stamp
+    over a whole folder)."""
+    if not is_remote(url):
+        out = {}
+        for u in list_files(url, suffix):
+            with contextlib.suppress(FileNotFoundError):
+                out[u] = version(u)
+        return out
+    try:
+        entries = filesystem(url).ls(url, detail=True, refresh=True)
+    except FileNotFoundError:
+        return {}
+    return {("s3://" + e["name"] if is_s3(url) and not e["name"].startswith("s3://") else e["name"]):
+            _stamp(e) for e in entries if e.get("type") == "file" and e["name"].endswith(suffix)}
 
 
 def list_folders(url: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The LanceDB vector database of chip embeddings: bulk load (one committer), indices, and search.
+"""The LanceDB vector database of chip embeddings: bulk load (one committer), indices, housekeeping and
+search.
 
 One row per chip and date (columns in docs/formats.md). Search is cosine: ``score = 1 - distance``.
 Works for a local folder or ``s3://`` URI; S3-compatible endpoints come from ``AWS_ENDPOINT_URL``
@@ -7,14 +8,17 @@ Works for a local folder or ``s3://`` URI; S3-compatible endpoints come from ``A
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import shapely
+from shapely.geometry.base import BaseGeometry
 
 from geofm.errors import ConfigError, InputError, NotFoundError, VectorDBError
 from geofm.storage import lancedb_storage_options
@@ -32,6 +36,12 @@ DEFAULT_REFINE_FACTOR = 10
 # A filtered query whose filter keeps at most this many rows is answered exactly (brute force over
 # the filtered rows, via the scalar indices): faster than the ANN index there, and exact.
 EXACT_FILTERED_MAX_ROWS = 50_000
+# After each load, versions superseded longer ago than this are deleted with the files only they use.
+# A search that opened an older version is done well within it (searches take milliseconds), and
+# versions never pile up: after any number of loads the table keeps its latest version plus those
+# superseded in its last seconds.
+HOUSEKEEPING_GRACE = timedelta(seconds=10)
+log = logging.getLogger(__name__)
 
 
 def connect(uri: str) -> Any:
@@ -103,6 +113,24 @@ def build_indices(tbl: Any, index_min_rows: int, index_type: str = DEFAULT_INDEX
     return {"rows": n, "vector_index": vector_index}
 
 
+def housekeeping(tbl: Any, grace: timedelta | None = None) -> dict[str, int]:
+    """Compact the table's files and fold new rows into its indices, then delete every version that was
+    superseded more than ``grace`` (default ``HOUSEKEEPING_GRACE``) ago, with the data, deletion and
+    index files that only such versions used (superseded indices included). Returns the number of
+    versions before and after."""
+    grace = HOUSEKEEPING_GRACE if grace is None else grace
+    tbl.optimize()
+    versions = sorted(tbl.list_versions(), key=lambda v: v["version"])
+    now = datetime.now()  # list_versions gives naive local times
+    cutoff = None
+    for older, newer in zip(versions, versions[1:], strict=False):
+        if now - newer["timestamp"] >= grace:  # ``older`` was superseded when ``newer`` was committed
+            cutoff = older["timestamp"]
+    if cutoff is not None:  # optimize deletes the versions committed before (its now - cleanup_older_than)
+        tbl.optimize(cleanup_older_than=max(timedelta(0), now - cutoff - timedelta(milliseconds=1)))
+    return {"versions_before": len(versions), "versions_after": len(tbl.list_versions())}
+
+
 def rows_table(df: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
     """Arrow rows for the table: ``df``'s columns with ``date`` as a date and ``vector`` float32 [N, D]."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -126,7 +154,8 @@ def replace_aoi_rows(
     db_uri: str, rows: pa.Table, aoi_name: str, table: str = DEFAULT_TABLE,
     index_min_rows: int = DEFAULT_INDEX_MIN_ROWS, index_type: str = DEFAULT_INDEX_TYPE,
 ) -> dict[str, Any]:
-    """Write ``rows`` (all of one AOI) in one commit, replacing that AOI's earlier rows, then index.
+    """Write ``rows`` (all of one AOI) in one commit, replacing that AOI's earlier rows, then index, then
+    clean up (:func:`housekeeping`; its failure is logged, never fatal: the rows are committed by then).
 
     The table is overwritten when it holds only this AOI (or nothing); otherwise the AOI's rows are
     deleted and the new ones appended, so a rerun never duplicates rows.
@@ -151,7 +180,22 @@ def replace_aoi_rows(
                     f"cannot add AOI {aoi_name!r} to table {table!r} in {db_uri!r}, which holds other AOIs "
                     f"with another schema (model or embedding size?): {exc}"
                 ) from exc
-    return build_indices(tbl, index_min_rows, index_type)
+    info = build_indices(tbl, index_min_rows, index_type)
+    try:
+        housekeeping(tbl)
+    except Exception as exc:  # e.g. a store that refuses deletes: the load itself succeeded
+        log.warning("vector DB %s: housekeeping failed (%s: %s)", db_uri, type(exc).__name__, exc)
+    return info
+
+
+def row_geometry(row: Mapping[str, Any]) -> BaseGeometry | None:
+    """A row's chip polygon (WGS84): WKB ``geometry``, or ``geometry_wkt`` of tables written before the
+    change to WKB; None when the row has neither."""
+    wkb = row.get("geometry")
+    if isinstance(wkb, bytes | bytearray | memoryview):
+        return shapely.from_wkb(bytes(wkb))
+    wkt = row.get("geometry_wkt")
+    return shapely.from_wkt(wkt) if isinstance(wkt, str) else None
 
 
 def _filters(
@@ -238,7 +282,8 @@ def search(
     ``exclude_query_chip`` is False. ``exact`` True bypasses the ANN index (brute force); None (auto)
     does so when the filters keep at most ``EXACT_FILTERED_MAX_ROWS`` rows. Columns: chip_id,
     date, score (1 - cosine distance), mgrs_grid, s3_location_png_thumbnail and the other stored
-    columns except the vector.
+    columns except the vector (paths as stored: ``Layout.resolve`` turns them into URLs; the chip
+    polygon as WKB ``geometry``, see :func:`row_geometry`).
     """
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")

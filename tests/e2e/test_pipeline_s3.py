@@ -82,10 +82,12 @@ def test_whole_pipeline_on_s3(synth_scenes: SynthResult, s3_bucket: str,
         ok = meta[meta["embedding_status"] == "ok"]
         assert len(ok) > 0 and set(meta["embedding_status"]) <= {"ok", "skipped-missing"}
         n_ok += len(ok)
-        for url in [*meta["s3_location_netcdf"], *meta["s3_location_png_thumbnail"], *ok["s3_location_cls_emb"],
-                    *ok["s3_location_patch_emb"]]:
-            assert url.startswith(f"{lay.output_dir}/") and storage.exists(url), url
-        cls = np.load(io.BytesIO(storage.read_bytes(ok["s3_location_cls_emb"].iloc[0])), allow_pickle=False)
+        for stored in [*meta["s3_location_netcdf"], *meta["s3_location_png_thumbnail"], *ok["s3_location_cls_emb"],
+                       *ok["s3_location_patch_emb"]]:
+            url = lay.resolve(stored)  # stored relative to output/<aoi>/ (the paths rule)
+            assert "://" not in stored and url.startswith(f"{lay.output_dir}/") and storage.exists(url), url
+        cls = np.load(io.BytesIO(storage.read_bytes(lay.resolve(ok["s3_location_cls_emb"].iloc[0]))),
+                      allow_pickle=False)
         assert cls.shape == (32,) and cls.dtype == np.float32 and np.isfinite(cls).all()
     grid = synth_scenes.grid
     assert storage.exists(lay.reducer_model("pca"))

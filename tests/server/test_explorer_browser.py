@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from geofm.server import create_app
+from geofm.server import ExplorerOptions, create_app
 from geofm.server.app import STATIC_DIR
 from helpers import REPO
 
@@ -40,8 +40,8 @@ def explorer_url(explorer_output) -> Iterator[str]:
     if not (STATIC_DIR / "index.html").is_file():
         pytest.fail(f"the front end is not built ({STATIC_DIR}/index.html missing): run `make ui`")
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(str(explorer_output.root)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = create_app(str(explorer_output.root), ExplorerOptions(archives=(explorer_output.archive,)))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -73,8 +73,12 @@ def page(browser, explorer_url):
     pg.set_default_timeout(TIMEOUT_MS)
     pg.errors = []  # uncaught page errors
     pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    pg.csp_violations = []  # what the explorer's Content-Security-Policy blocked
+    pg.on("console", lambda msg: pg.csp_violations.append(msg.text)
+          if "Content Security Policy" in msg.text else None)
     yield pg
     ctx.close()
+    assert pg.csp_violations == [], "the page broke its own Content-Security-Policy"
 
 
 def _open(page, url: str) -> None:
@@ -199,3 +203,26 @@ def test_api_errors_are_shown(page, explorer_url):
     err = page.wait_for_selector("[data-testid=error]:not([hidden])")
     assert "nowhere" in err.inner_text() and "404" in err.inner_text()
     _shot(page, "explorer-error")
+
+
+def test_imagery_has_a_min_zoom_and_the_page_runs_under_its_csp(page, explorer_url, explorer_output):
+    """The imagery source carries the server's useful min zoom, so zooming out asks for no tiles below
+    it; the page (MapLibre workers, styles, thumbnails) runs under the CSP header it is served with."""
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url) if "/tiles/" in r.url else None)
+    resp = page.goto(explorer_url)
+    assert "script-src 'self'" in resp.headers["content-security-policy"]
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    page.wait_for_selector("[data-testid=map][data-ready=true]")
+    _idle(page)
+    summary = json.loads(page.evaluate(
+        f"() => fetch('api/aois/{explorer_output.aoi}/grids/{explorer_output.grid}').then((r) => r.text())"))
+    minzoom = summary["imagery_minzoom"]
+    assert minzoom > 3
+    assert page.evaluate("() => window.geofmExplorer.map.getSource('imagery').minzoom") == minzoom
+    requested.clear()
+    page.evaluate(f"() => window.geofmExplorer.map.jumpTo({{zoom: {minzoom - 3}}})")
+    _idle(page)
+    zooms = [int(u.split("/tiles/")[1].split("/")[0]) for u in requested]
+    assert all(z >= minzoom for z in zooms), zooms
+    assert page.errors == []

@@ -13,14 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from geofm.server import create_app
+from geofm.server import ExplorerOptions, create_app
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 
 
 @pytest.fixture(scope="module")
 def client(explorer_output) -> TestClient:
-    return TestClient(create_app(str(explorer_output.root)))
+    opts = ExplorerOptions(archives=(explorer_output.archive,))
+    return TestClient(create_app(str(explorer_output.root), opts), base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ def test_tile_falls_back_to_thumbnails(hand, tmp_path):
         for a in item["assets"].values():
             a["href"] = "/nonexistent/" + a["href"].rsplit("/", 1)[-1]
         open(lay.scene_metadata(sid), "w").write(json.dumps(item))
-    c = TestClient(create_app(str(root)))
+    c = TestClient(create_app(str(root)), base_url="http://localhost")
     lon, lat = hand.chip_centres["0_0"]
     t = TMS.tile(lon, lat, 14)
     r = c.get(f"/api/aois/{hand.aoi}/grids/{hand.grid}/tiles/{t.z}/{t.x}/{t.y}.png",

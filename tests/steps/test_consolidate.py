@@ -111,9 +111,10 @@ def test_vector_db_rows_search_and_rerun(consolidated):
     assert tbl.count_rows() == 32  # 33 processed rows less the one with a NaN embedding
     assert tbl.schema.field("vector").type.list_size == D
     for col in ("chip_id", "x_dim", "y_dim", "date", "scene_id", "mgrs_grid", "aoi_name", "model",
-                "geometry_wkt", "minx", "miny", "maxx", "maxy", "cloud_cover_perc", "missing_data_perc",
+                "geometry", "minx", "miny", "maxx", "maxy", "cloud_cover_perc", "missing_data_perc",
                 "s3_location_png_thumbnail", "s3_location_netcdf", "cosine_sim", "patch_emb_pca_1"):
         assert col in tbl.schema.names, col
+    assert str(tbl.schema.field("geometry").type) == "binary"  # WKB
     hits = vectordb.search(lay.lance_db, chip_id=cid(0, 0), date=DATES[-1], k=5)
     assert set(hits["chip_id"]) == WATER - {cid(0, 0)}
     assert report.results[-1].unit == "lance-db" and report.results[-1].info["rows"] == 32

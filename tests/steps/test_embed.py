@@ -13,6 +13,7 @@ import pytest
 from geofm import storage
 from geofm.config import PipelineConfig
 from geofm.errors import ConfigError, ModelError
+from geofm.layout import Layout
 from geofm.pipeline import run_pipeline
 from geofm.steps import embed
 from helpers import run_step, stage_scenes
@@ -29,8 +30,15 @@ def _prepare(synth_scenes: Any, root: Path, scene_ids: list[str], **kw: Any) -> 
     return cfg
 
 
+def _resolved(cfg: PipelineConfig, meta: pd.DataFrame) -> pd.DataFrame:
+    """The meta with its stored paths (relative to the AOI's output folder) turned into URLs."""
+    for col in set(Layout.PATH_COLUMNS) & set(meta.columns):
+        meta[col] = [cfg.layout.resolve(u) if isinstance(u, str) else u for u in meta[col]]
+    return meta
+
+
 def _meta(cfg: PipelineConfig, scene_id: str) -> pd.DataFrame:
-    return embed.read_meta(cfg.layout.meta(scene_id)).set_index("chip_id")
+    return _resolved(cfg, embed.read_meta(cfg.layout.meta(scene_id))).set_index("chip_id")
 
 
 def _load(url: str) -> np.ndarray:
@@ -120,7 +128,7 @@ def test_rerun_skips_and_other_model_gets_its_own_files(spectral_run: tuple[Pipe
     assert info["embedded"] == 15 and info["model"] == "clay-tiny"
     meta = _meta(tiny, first)
     assert (meta["model"] == "clay-tiny").all() and (meta["embedding_dim"] == 72).all()
-    row = meta.iloc[0]
+    row = meta[meta["embedding_status"] == "ok"].iloc[0]
     assert "/embeddings/clay-tiny/" in row["s3_location_cls_emb"]
     assert _load(row["s3_location_cls_emb"]).shape == (72,)
     assert _load(row["s3_location_patch_emb"]).shape == (64, 72)
@@ -141,14 +149,14 @@ def test_patch_embeddings_switch_off_and_limits(synth_scenes: Any, tmp_path: Pat
                    embed_max_missing=0.05)
     # one chip unreadable, one over the missing-data limit (set by hand in the meta)
     meta = embed.read_meta(cfg.layout.meta(sid))
-    broken = meta.iloc[3]["s3_location_netcdf"]
+    broken = cfg.layout.resolve(meta.iloc[3]["s3_location_netcdf"])
     storage.write_bytes(broken, b"not a netcdf file")
     meta.loc[5, "missing_data_perc"] = 0.25
     embed.write_meta(cfg.layout.meta(sid), meta)
     report = run_step(cfg, "embed")
     assert report.ok, report.summary()
     assert report.results[0].info["failed_chips"] == 1
-    out = embed.read_meta(cfg.layout.meta(sid))
+    out = _resolved(cfg, embed.read_meta(cfg.layout.meta(sid)))
     assert out.loc[3, "embedding_status"] == "failed" and out.loc[5, "embedding_status"] == "skipped-missing"
     assert (out.drop(index=[3, 5])["embedding_status"].isin(["ok", "skipped-missing"])).all()
     assert (out["embedding_status"] == "ok").sum() == 13
@@ -162,7 +170,7 @@ def test_scene_with_a_failed_chip_is_redone_next_run(synth_scenes: Any, tmp_path
     run redoes the scene, and once the chip reads again it is embedded like the others."""
     sid = synth_scenes.clear_scene_ids[0]
     cfg = _prepare(synth_scenes, tmp_path, [sid], model="spectral", batch_size=16, embed_max_missing=1.0)
-    chip = embed.read_meta(cfg.layout.meta(sid)).iloc[3]["s3_location_netcdf"]
+    chip = cfg.layout.resolve(embed.read_meta(cfg.layout.meta(sid)).iloc[3]["s3_location_netcdf"])
     good = storage.read_bytes(chip)
     storage.write_bytes(chip, b"not a netcdf file")
     first = run_step(cfg, "embed")
@@ -171,7 +179,7 @@ def test_scene_with_a_failed_chip_is_redone_next_run(synth_scenes: Any, tmp_path
     storage.write_bytes(chip, good)  # the chip reads again
     second = run_step(cfg, "embed")
     assert second.count("done") == 1, "a scene with a failed chip was taken for complete"
-    out = embed.read_meta(cfg.layout.meta(sid))
+    out = _resolved(cfg, embed.read_meta(cfg.layout.meta(sid)))
     assert (out["embedding_status"] == "ok").all() and storage.exists(out.loc[3, "s3_location_cls_emb"])
 
 
@@ -195,13 +203,16 @@ def test_scene_whose_every_chip_fails_is_a_failed_unit(synth_scenes: Any, tmp_pa
     """A scene with no embeddable chip fails (named, with the first reason); the other scene finishes."""
     good, bad = synth_scenes.clear_scene_ids[0], synth_scenes.clear_scene_ids[-1]
     cfg = _prepare(synth_scenes, tmp_path, [good, bad], model="spectral", embed_max_missing=1.0)
-    for url in embed.read_meta(cfg.layout.meta(bad))["s3_location_netcdf"]:
-        storage.write_bytes(url, b"not a netcdf file")
+    bad_meta = embed.read_meta(cfg.layout.meta(bad))
+    for url in bad_meta["s3_location_netcdf"]:
+        storage.write_bytes(cfg.layout.resolve(url), b"not a netcdf file")
     report = run_step(cfg, "embed")
     by_unit = {r.unit: r for r in report.results}
     assert by_unit[good].status == "done"
     assert by_unit[bad].status == "failed"
-    assert f"scene {bad}: no chip could be embedded" in by_unit[bad].error and "chip 0_0" in by_unit[bad].error
+    first_chip = bad_meta["chip_id"].iloc[0]  # the first row of the meta (rows lie in Hilbert order)
+    assert f"scene {bad}: no chip could be embedded" in by_unit[bad].error
+    assert f"chip {first_chip}:" in by_unit[bad].error
 
 
 def test_default_bands_are_the_chipped_ones(synth_scenes: Any, tmp_path: Path) -> None:

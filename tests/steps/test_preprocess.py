@@ -95,7 +95,8 @@ def test_real_pixels_equal_the_cog_at_the_same_map_coordinates(real_run: Pipelin
                                                                shared_data: Path) -> None:
     scene = "S2B_33TWL_20230813_0_L2A"
     meta = preprocess.read_meta(real_run.layout.meta(scene)).set_index("chip_id")
-    ds = xr.open_dataset(meta.loc["2_1", "s3_location_netcdf"], engine="h5netcdf")
+    ds = xr.open_dataset(real_run.layout.resolve(meta.loc["2_1", "s3_location_netcdf"]), engine="h5netcdf",
+                         mask_and_scale=False)  # SCL raw: class 0 is its _FillValue
     assert ds.attrs["boa_offset_subtracted"] == 0  # items say earthsearch:boa_offset_applied: true
     folder = shared_data / COGCROP / scene
     for (r, c) in [(0, 0), (10, 37), (63, 63), (40, 5)]:
@@ -123,11 +124,11 @@ def test_real_cloud_shares_equal_the_scl_count(real_run: PipelineConfig, shared_
 
 def test_real_netcdf_crs_and_attributes(real_run: PipelineConfig) -> None:
     meta = real_metas(real_run)["S2A_33TWL_20230815_0_L2A"]
-    url = meta.s3_location_netcdf.iloc[0]
+    url = real_run.layout.resolve(meta.s3_location_netcdf.iloc[0])
     ds = xr.open_dataset(url)
     assert ds.rio.crs.to_epsg() == 32633
     assert ds.blue.attrs["grid_mapping"] == "spatial_ref" and ds.blue.dtype == np.float32
-    assert ds.scl.dtype == np.uint8
+    assert ds.scl.encoding["dtype"] == np.uint8 and ds.scl.encoding["_FillValue"] == 0
     assert ds.blue.encoding.get("zlib") or ds.blue.encoding.get("compression") == "gzip"
     assert list(ds.attrs["bands"]) == RGBN
     assert list(ds.attrs["wavelengths"]) == [sentinel2.band(b).wavelength for b in RGBN]
@@ -213,7 +214,7 @@ def syn_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig:
 
 def chip_ds(cfg: PipelineConfig, scene: str, chip_id: str) -> xr.Dataset:
     meta = preprocess.read_meta(cfg.layout.meta(scene)).set_index("chip_id")
-    return xr.open_dataset(meta.loc[chip_id, "s3_location_netcdf"])
+    return xr.open_dataset(cfg.layout.resolve(meta.loc[chip_id, "s3_location_netcdf"]))
 
 
 def bilinear_reference(href: str, xs: np.ndarray, ys: np.ndarray, offset: int = 0) -> np.ndarray:
@@ -263,7 +264,7 @@ def test_syn_cloud_share_matches_planted_cloud(syn_run: PipelineConfig) -> None:
     assert meta.loc["1_0", "missing_data_perc"] == 0.0
     ds = chip_ds(syn_run, "S2A_33TWL_20230601_0_L2A", "0_0")
     assert np.isnan(ds.blue.values[:, :NODATA_COLS]).all() and not np.isnan(ds.blue.values[:, NODATA_COLS:]).any()
-    assert (ds.scl.values[:, :NODATA_COLS] == 0).all()
+    assert np.isnan(ds.scl.values[:, :NODATA_COLS]).all()  # SCL 0 = nodata is the _FillValue
 
 
 def test_syn_meta_columns_and_polygons(syn_run: PipelineConfig) -> None:
@@ -278,13 +279,14 @@ def test_syn_meta_columns_and_polygons(syn_run: PipelineConfig) -> None:
     assert str(row.date) == "2023-06-11 00:00:00+00:00" and str(row.datetime) == "2023-06-11 10:00:00+00:00"
     assert row.origin_tile == "S2B_33TWL_20230611_0_L2A" and row.mgrs_grid == "33TWL" and row.gsd == 10.0
     assert row.file_name == "S2B_33TWL_20230611_0_L2A_64_chipped_3_2.nc"
-    assert storage.exists(row.s3_location_png_thumbnail)
+    assert storage.exists(syn_run.layout.resolve(row.s3_location_png_thumbnail))
 
 
 def test_syn_thumbnail_has_fixed_stretch_and_transparent_nodata(syn_run: PipelineConfig) -> None:
     scene = "S2A_33TWL_20230601_0_L2A"
     meta = preprocess.read_meta(syn_run.layout.meta(scene)).set_index("chip_id")
-    img = np.asarray(Image.open(io.BytesIO(storage.read_bytes(meta.loc["0_0", "s3_location_png_thumbnail"]))))
+    png = syn_run.layout.resolve(meta.loc["0_0", "s3_location_png_thumbnail"])
+    img = np.asarray(Image.open(io.BytesIO(storage.read_bytes(png))))
     assert img.shape == (CHIP, CHIP, 4)
     assert (img[:, :NODATA_COLS, 3] == 0).all() and (img[:, NODATA_COLS:, 3] == 255).all()
     ds = chip_ds(syn_run, scene, "0_0")
@@ -358,14 +360,15 @@ def test_rerun_skips_and_force_redoes(tmp_path: Path) -> None:
     assert first.count("done") == 1
     meta = preprocess.read_meta(cfg.layout.meta(scene))
     assert sorted(meta.chip_id) == ["1_1"]  # AOI inside chip 1_1 (pixels 70..80, 65..70)
-    nc = Path(meta.s3_location_netcdf.iloc[0])
+    nc = Path(cfg.layout.resolve(meta.s3_location_netcdf.iloc[0]))
     stamp = nc.stat().st_mtime_ns
     assert run_step(cfg, "preprocess").count("skipped") == 1
     assert nc.stat().st_mtime_ns == stamp  # skipped: not rewritten
-    Path(meta.s3_location_png_thumbnail.iloc[0]).unlink()  # an output lost: no longer complete
+    png = Path(cfg.layout.resolve(meta.s3_location_png_thumbnail.iloc[0]))
+    png.unlink()  # an output lost: no longer complete
     redone = run_step(cfg, "preprocess")
     assert redone.count("done") == 1 and redone.results[0].info["chips"] == 1
-    assert Path(meta.s3_location_png_thumbnail.iloc[0]).exists()
+    assert png.exists()
     assert run_step(cfg, "preprocess").count("skipped") == 1
     forced = run_step(cfg.model_copy(update={"force": True}), "preprocess")
     assert forced.count("done") == 1 and nc.stat().st_mtime_ns != stamp
@@ -388,7 +391,8 @@ def test_changed_aoi_removes_chips_no_longer_made(tmp_path: Path) -> None:
     assert report.count("done") == 1 and report.results[0].info["chips"] == 1
     new = preprocess.read_meta(cfg.layout.meta(scene))
     assert sorted(new.chip_id) == ["2_2"]
-    assert not Path(old.s3_location_netcdf.iloc[0]).exists() and not Path(old.s3_location_png_thumbnail.iloc[0]).exists()
+    assert not any(Path(cfg.layout.resolve(old[c].iloc[0])).exists()
+                   for c in ("s3_location_netcdf", "s3_location_png_thumbnail"))
     assert sorted(p.name for p in out.rglob("*.nc")) == [f"{scene}_{CHIP}_chipped_2_2.nc"]
 
 
@@ -400,8 +404,9 @@ def test_outputs_to_s3(s3_bucket: str, tmp_path: Path) -> None:
     install_item(cfg, item, tmp_path / "s")
     assert run_step(cfg, "preprocess").ok
     meta = preprocess.read_meta(cfg.layout.meta(scene)).set_index("chip_id")
-    assert len(meta) == 16 and meta.loc["2_3", "s3_location_netcdf"].startswith("s3://")
-    with storage.local_file_for_read(meta.loc["2_3", "s3_location_netcdf"], ".nc") as p:
+    url = cfg.layout.resolve(meta.loc["2_3", "s3_location_netcdf"])
+    assert len(meta) == 16 and url.startswith(f"s3://{s3_bucket}/geofm/output/s3/raw-chips/")
+    with storage.local_file_for_read(url, ".nc") as p:
         ds = xr.open_dataset(p).load()
     with rasterio.open(item["assets"]["red"]["href"]) as src:
         red = src.read(1)
@@ -457,7 +462,7 @@ def test_synth_pixels_and_planted_cloud_shares(synth_run: tuple[PipelineConfig, 
         assert row.cloud_cover_perc == pytest.approx(share, abs=1e-12)
     assert meta.cloud_cover_perc.max() > 0.2  # the heavy-cloud date really has clouds in the AOI
     row = meta.iloc[len(meta) // 2]
-    ds = xr.open_dataset(row.s3_location_netcdf)
+    ds = xr.open_dataset(cfg.layout.resolve(row.s3_location_netcdf))
     assert list(ds.attrs["bands"]) == list(sentinel2.L2A_BANDS)
     with rasterio.open(item["assets"]["nir"]["href"]) as src:
         nir = src.read(1, window=((row.y_dim * CHIP, (row.y_dim + 1) * CHIP),
@@ -490,7 +495,7 @@ def test_real_full_tile_jp2_nodata_wedge_gives_missing_share(shared_data: Path, 
     assert 0 < missing.mean() < 0.2
     assert meta.loc["0_0", "missing_data_perc"] == pytest.approx(missing.mean())
     assert meta.loc["1_0", "missing_data_perc"] == 0.0
-    ds = xr.open_dataset(meta.loc["0_0", "s3_location_netcdf"])
+    ds = xr.open_dataset(cfg.layout.resolve(meta.loc["0_0", "s3_location_netcdf"]))
     np.testing.assert_array_equal(np.isnan(ds.blue.values), bands[0] == 0)
     np.testing.assert_array_equal(ds.nir.values[~missing], bands[3][~missing].astype(np.float32))
 

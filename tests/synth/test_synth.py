@@ -80,7 +80,7 @@ def test_item_fields_like_earth_search(synth_scenes: SynthResult) -> None:
         p = item["properties"]
         assert p["grid:code"] == "MGRS-33TWL" and p["mgrs:utm_zone"] == 33
         assert (p["mgrs:latitude_band"], p["mgrs:grid_square"]) == ("T", "WL")
-        assert p["proj:epsg"] == 32633 and p["proj:code"] == "EPSG:32633"
+        assert p["proj:code"] == "EPSG:32633" and "proj:epsg" not in p  # projection v2.0.0
         assert p["s2:processing_baseline"] == "05.09" and p["earthsearch:boa_offset_applied"] is True
         assert p["datetime"].startswith(f"{day:%Y-%m-%d}T09:") or p["datetime"].startswith(f"{day:%Y-%m-%d}T10:")
         rb = item["assets"]["red"]["raster:bands"][0]

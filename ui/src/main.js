@@ -12,10 +12,15 @@ const EMPTY_FC = { type: "FeatureCollection", features: [] };
 const BASEMAP_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
 const INTENSITY_COLOURS = ["match", ["get", "change_intensity"], "High", "#d7191c", "Medium", "#fdae61", "#1a9641"];
 const FIELD_LABELS = { cosine_sim: "cosine similarity to baseline" };
+// Legend swatches in the layer's colours (set through the DOM: the page's CSP allows no inline styles).
+for (const swatch of document.querySelectorAll("#legend i[data-level]")) {
+  const at = INTENSITY_COLOURS.indexOf(swatch.dataset.level);
+  swatch.style.background = at > 1 ? INTENSITY_COLOURS[at + 1] : INTENSITY_COLOURS.at(-1);
+}
 
 const state = {
   aoi: null, grid: null, summary: null, mode: "similarity", chip: null, series: null,
-  seriesCache: new Map(), gridFeatures: new Map(), pickedDate: null, lastResults: [],
+  seriesCache: new Map(), gridFeatures: new Map(), pickedDate: null, lastResults: [], imageryGrid: null,
 };
 
 // ---- errors and loading ----------------------------------------------------------------------
@@ -56,6 +61,7 @@ try {
   map.on("error", (e) => {
     const src = e.sourceId || (e.source && e.source.id);
     if (src === "basemap") return; // the online base map is optional
+    if (src === "imagery" && e.error && e.error.status === 503) return; // render slots busy: shown on the next move
     showError(`map: ${e.error ? e.error.message : "error"}${src ? ` (layer ${src})` : ""}`);
   });
 } catch (err) {
@@ -83,15 +89,21 @@ function ensureLayers() {
   add({ id: "selected-line", type: "line", source: "selected", paint: { "line-color": "#00e5ff", "line-width": 3.5 } });
 }
 
+// The imagery source of the open grid: its bounds and the server's useful min zoom keep the map from
+// asking for tiles that would show the data as a few pixels (the server answers those empty anyway).
 function setImagery(date) {
   if (!date) return;
   const tiles = [tileUrl(date)];
-  const bounds = state.summary.bounds;
-  if (map.getSource("imagery")) {
+  const { bounds, imagery_minzoom: minzoom = 0 } = state.summary;
+  const grid = `${state.aoi}/${state.grid}`;
+  if (map.getSource("imagery") && state.imageryGrid === grid) {
     map.getSource("imagery").setTiles(tiles);
   } else {
-    map.addSource("imagery", { type: "raster", tiles, tileSize: 256, bounds, maxzoom: 18 });
+    if (map.getLayer("imagery")) map.removeLayer("imagery");
+    if (map.getSource("imagery")) map.removeSource("imagery");
+    map.addSource("imagery", { type: "raster", tiles, tileSize: 256, bounds, minzoom, maxzoom: 18 });
     map.addLayer({ id: "imagery", type: "raster", source: "imagery" }, "change-fill");
+    state.imageryGrid = grid;
   }
   map.setLayoutProperty("imagery", "visibility", $("toggle-imagery").checked ? "visible" : "none");
   $("map").dataset.imageryDate = date;

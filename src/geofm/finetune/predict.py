@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from geofm import storage
 from geofm.errors import InputError
+from geofm.finetune.config import SegmentationConfig
 from geofm.finetune.data import RasterInfo, expand_images, model_bands, normalise, raster_info, read_window
 from geofm.finetune.module import SegmentationModule
 from geofm.models.spec import get_model_spec
@@ -154,15 +155,16 @@ def predict_rasters(
     classes, probs = predict_array(module, raw, tile, overlap, batch_size, probabilities_out is not None)
     result = Prediction(classes, probs, crs, transform)
     if out:
-        write_class_cog(result, module, out)
+        write_class_cog(result, module.cfg, out)
     if probabilities_out and probs is not None:
-        write_probability_cog(result, module, probabilities_out)
+        write_probability_cog(result, module.cfg, probabilities_out)
     return result
 
 
-def write_class_cog(pred: Prediction, module: SegmentationModule, url: str) -> None:
-    """uint8 class COG, nodata = ignore id, class table as colour map and in the tags."""
-    cfg = module.cfg
+def write_class_cog(pred: Prediction, cfg: SegmentationConfig, url: str) -> None:
+    """uint8 class COG, nodata = ignore id, class table as colour map and in the tags; DEFLATE, tiled,
+    nearest-neighbour overviews. No predictor: class ids are categories, and differencing them (predictor
+    2) made class maps 16-30 % larger here (BENCHMARKS.md, "Prediction COGs")."""
     h, w = pred.classes.shape
     profile = dict(
         driver="COG",
@@ -184,8 +186,9 @@ def write_class_cog(pred: Prediction, module: SegmentationModule, url: str) -> N
         dst.update_tags(classes=",".join(f"{c.id}:{c.name}" for c in cfg.classes), ignore_id=cfg.ignore_id)
 
 
-def write_probability_cog(pred: Prediction, module: SegmentationModule, url: str) -> None:
-    """float32 COG, one band per class id (band i+1 = class id i), named by class; NaN where no data."""
+def write_probability_cog(pred: Prediction, cfg: SegmentationConfig, url: str) -> None:
+    """float32 COG, one band per class id (band i+1 = class id i), named by class; NaN where no data;
+    DEFLATE with the floating-point predictor (3), tiled, averaged overviews."""
     assert pred.probabilities is not None
     k, h, w = pred.probabilities.shape
     profile = dict(
@@ -198,11 +201,13 @@ def write_probability_cog(pred: Prediction, module: SegmentationModule, url: str
         transform=pred.transform,
         nodata=float("nan"),
         compress="deflate",
+        predictor="FLOATING_POINT",  # 3: byte-wise differencing of floats
         blocksize=_blocksize(h, w),
+        overview_resampling="average",
     )
     with storage.local_file_for_write(url, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(pred.probabilities.astype(np.float32))
-        for i, name in enumerate(module.cfg.class_names):
+        for i, name in enumerate(cfg.class_names):
             dst.set_band_description(i + 1, name)
 
 

@@ -11,68 +11,135 @@ Routes (all under ``/api``; OpenAPI at ``/docs``):
   GET /aois/{aoi}/grids/{grid}/chips/{chip}/thumbnail?date=   PNG
   GET /aois/{aoi}/grids/{grid}/search?chip_id=&date=&k=&min_score=&start=&end=
   GET /aois/{aoi}/grids/{grid}/tiles/{z}/{x}/{y}.png?date=    true-colour tile
+
+Hostile input and load: AOI names pass :func:`geofm.config.check_name` (422 otherwise), unknown things
+are 404, every deliberate error is a :class:`~geofm.errors.GeofmError` mapped to its HTTP status in one
+handler, with the server's roots removed from the message. Tiles below the grid's useful zoom are
+answered at once (empty); the others go through a bounded :class:`RenderPool` (503 when busy) and read
+only what :class:`SourcePolicy` allows. :class:`ExplorerGuard` refuses foreign ``Host`` headers and sets
+the security headers.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from geofm import storage
+from geofm.errors import BackendError, GeofmError, InputError, NotFoundError, TileError
 from geofm.server import tiles
-from geofm.server.catalog import Catalog, NotFound
-from geofm.server.search import SearchError, similar_chips
+from geofm.server.catalog import Catalog
+from geofm.server.renders import DEFAULT_SLOTS, ClientGone, RenderPool
+from geofm.server.search import similar_chips
+from geofm.server.security import ExplorerGuard, allowed_hosts
+from geofm.server.sources import SourcePolicy
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_K = 100
+MAX_ZOOM = 24
 CHIP_ID = r"^\d+_\d+$"
 GRID_ID = r"^\d{1,2}[C-X][A-Z]{2}$"
-NAME = r"^[A-Za-z0-9_.\-]+$"
+TILE_CACHE = "max-age=3600"
+log = logging.getLogger(__name__)
 
-Aoi = Annotated[str, PathParam(pattern=NAME, description="AOI name")]
+Aoi = Annotated[str, PathParam(description="AOI name (a folder name of the output: no / or \\, not . or ..)")]
 Grid = Annotated[str, PathParam(pattern=GRID_ID, description="MGRS grid, e.g. 20LPP")]
 Chip = Annotated[str, PathParam(pattern=CHIP_ID, description="chip id <x_dim>_<y_dim>")]
 
 
-def create_app(root: str) -> FastAPI:
+@dataclass(frozen=True)
+class ExplorerOptions:
+    """What the explorer may read beyond its output root, who may reach it and how much it renders."""
+
+    archives: tuple[str, ...] = ()  # scene archive roots whose COGs tiles may read (besides the output root)
+    allow_remote_assets: bool = False  # read COGs from the public hosts that the scene items name
+    bind_host: str = "127.0.0.1"  # the address served: allowed in Host headers
+    allow_hosts: tuple[str, ...] = ()  # more names allowed in Host headers
+    render_slots: int = DEFAULT_SLOTS  # tile renders at once
+    queue_timeout_s: float = 10.0  # longest wait for a render slot
+    render_timeout_s: float = 30.0  # longest wait for one render
+
+
+def http_status(exc: GeofmError) -> int:
+    """404 not found, 422 bad input, 503 busy or a backend (store, tile source) failing, else 500."""
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, InputError):
+        return 422
+    if isinstance(exc, BackendError):
+        return 503
+    return 500
+
+
+class _Redactor:
+    """Removes the server's roots (as given and resolved) from messages sent to clients."""
+
+    def __init__(self, roots: Sequence[str]) -> None:
+        forms = {str(r).rstrip("/") for r in roots if r} | {
+            str(Path(r).resolve()) for r in roots if r and "://" not in r}
+        self.forms = sorted((f for f in forms if len(f) > 1), key=len, reverse=True)
+
+    def __call__(self, message: str) -> str:
+        for form in self.forms:
+            message = message.replace(form, "<root>")
+        return message
+
+
+def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
     """The explorer app over the output root ``root`` (local folder or ``s3://bucket/prefix``)."""
+    opts = options or ExplorerOptions()
     catalog = Catalog(root)
-    app = FastAPI(title="geofm explorer", version="0.1.0",
-                  description=f"Similarity search and change detection over `{root}`.")
-    app.state.catalog = catalog
+    policy = SourcePolicy([root, *opts.archives], allow_remote=opts.allow_remote_assets)
+    pool = RenderPool(opts.render_slots, opts.queue_timeout_s, opts.render_timeout_s)
+    redact = _Redactor([root, *opts.archives])
 
-    @app.exception_handler(NotFound)
-    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.close()
 
-    @app.exception_handler(SearchError)
-    async def search_error(_: Request, exc: SearchError) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
+    app = FastAPI(title="geofm explorer", version="0.1.0", lifespan=lifespan,
+                  description="Similarity search and change detection over a geofm pipeline output.")
+    app.state.catalog, app.state.renders, app.state.sources = catalog, pool, policy
+    app.add_middleware(ExplorerGuard, hosts=allowed_hosts(opts.bind_host, opts.allow_hosts))
+
+    @app.exception_handler(GeofmError)
+    async def geofm_error(_: Request, exc: GeofmError) -> JSONResponse:
+        status = http_status(exc)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse(status_code=status, content={"detail": redact(str(exc))}, headers=headers)
 
     @app.get("/api/aois", summary="AOIs with consolidated output, and their MGRS grids")
     def list_aois() -> list[dict[str, Any]]:
-        return [{"aoi_name": a, "grids": catalog.grids(a)} for a in catalog.aoi_names()]
+        return [{"aoi_name": a, "grids": grids} for a, grids in catalog.aois()]
 
     @app.get("/api/aois/{aoi}", summary="An AOI: its geometry and grids")
     def get_aoi(aoi: Aoi) -> dict[str, Any]:
         return {"aoi_name": aoi, "grids": catalog.grids(aoi), "aoi_geojson": catalog.aoi_geojson(aoi)}
 
-    @app.get("/api/aois/{aoi}/grids/{grid}", summary="Dates, bounds, chip count, series fields and config")
+    @app.get("/api/aois/{aoi}/grids/{grid}",
+             summary="Dates, bounds, chip count, series fields, config and the imagery's useful min zoom")
     def get_grid(aoi: Aoi, grid: Grid) -> dict[str, Any]:
-        return catalog.summary(aoi, grid)
+        summary = catalog.summary(aoi, grid)
+        summary["imagery_minzoom"] = tiles.useful_minzoom(summary["bounds"])
+        return summary
 
     @app.get("/api/aois/{aoi}/grids/{grid}/config", summary="The step-4 front-end config JSON")
     def get_config(aoi: Aoi, grid: Grid) -> dict[str, Any]:
         cfg = catalog.config(aoi, grid)
         if cfg is None:
-            raise NotFound(f"no front-end config for AOI {aoi!r} grid {grid!r}")
+            raise NotFoundError(f"no front-end config for AOI {aoi!r} grid {grid!r}")
         return cfg
 
     @app.get("/api/aois/{aoi}/grids/{grid}/chip-grid", summary="Chip grid GeoJSON")
@@ -90,8 +157,7 @@ def create_app(root: str) -> FastAPI:
     @app.get("/api/aois/{aoi}/grids/{grid}/chips/{chip_id}/thumbnail", summary="PNG thumbnail, chip and date",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def thumbnail(aoi: Aoi, grid: Grid, chip_id: Chip, day: Annotated[date, Query(alias="date")]) -> Response:
-        url = catalog.thumbnail_url(aoi, grid, chip_id, day)
-        return Response(storage.read_bytes(url), media_type="image/png",
+        return Response(catalog.thumbnail(aoi, grid, chip_id, day), media_type="image/png",
                         headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/aois/{aoi}/grids/{grid}/search", summary="Chips most like a chip on a date (LanceDB)")
@@ -104,10 +170,10 @@ def create_app(root: str) -> FastAPI:
         start: Annotated[date | None, Query(description="hits from this date (default: query date)")] = None,
         end: Annotated[date | None, Query(description="hits up to this date (default: query date)")] = None,
     ) -> dict[str, Any]:
+        if start and end and start > end:
+            raise InputError(f"start {start} is after end {end}")
         series = catalog.series(aoi, grid, chip_id)
         day = day or date.fromisoformat(series["dates"][-1])
-        if start and end and start > end:
-            raise HTTPException(422, f"start {start} is after end {end}")
         hits = similar_chips(catalog.layout(aoi).lance_db, chip_id, day, k=k, min_score=min_score,
                              start=start, end=end, grid=grid)
         base = f"/api/aois/{aoi}/grids/{grid}/chips"
@@ -119,15 +185,27 @@ def create_app(root: str) -> FastAPI:
     @app.get("/api/aois/{aoi}/grids/{grid}/tiles/{z}/{x}/{y}.png", summary="True-colour tile of a scene date",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def tile(
-        aoi: Aoi, grid: Grid,
-        z: Annotated[int, PathParam(ge=0, le=24)], x: Annotated[int, PathParam(ge=0)],
+        request: Request, aoi: Aoi, grid: Grid,
+        z: Annotated[int, PathParam(ge=0, le=MAX_ZOOM)], x: Annotated[int, PathParam(ge=0)],
         y: Annotated[int, PathParam(ge=0)], day: Annotated[date, Query(alias="date")],
     ) -> Response:
         if x >= 2**z or y >= 2**z:
-            raise HTTPException(422, f"tile {z}/{x}/{y} does not exist")
-        png, source = await run_in_threadpool(_render_tile, catalog, aoi, grid, day, x, y, z)
-        return Response(png, media_type="image/png", headers={"X-Tile-Source": source,
-                                                                 "Cache-Control": "max-age=3600"})
+            raise InputError(f"tile {z}/{x}/{y} does not exist")
+        items, minzoom = await run_in_threadpool(
+            lambda: (catalog.scene_items(aoi, grid, day), tiles.useful_minzoom(catalog.bounds(aoi, grid))))
+        if z < minzoom:  # the data would be a few pixels: nothing worth reading
+            return _png(tiles.empty_png(), "below-minzoom")
+        try:
+            png, source, note = await pool.run(
+                lambda cancel: _render_tile(catalog, policy, items, aoi, grid, day, x, y, z, cancel),
+                request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)
+        return _png(png, source, redact(note))
+
+    @app.get("/api/{rest:path}", include_in_schema=False)
+    def no_such_route(rest: str) -> None:  # under /api nothing falls through to the front end's files
+        raise NotFoundError("no such API route (see /docs)")
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
@@ -140,30 +218,45 @@ def create_app(root: str) -> FastAPI:
     return app
 
 
+def _png(png: bytes, source: str, note: str = "") -> Response:
+    headers = {"X-Tile-Source": source, "Cache-Control": TILE_CACHE}
+    if note:
+        headers["X-Tile-Fallback"] = note.encode("ascii", "replace").decode()[:200]
+    return Response(png, media_type="image/png", headers=headers)
+
+
 def _render_tile(
-    catalog: Catalog, aoi: str, grid: str, day: date, x: int, y: int, z: int
-) -> tuple[bytes, str]:
-    """Tile from the scene COGs; thumbnails when no COG is readable; transparent outside the data."""
-    items = catalog.scene_items(aoi, grid, day)
-    unreadable = False
+    catalog: Catalog, policy: SourcePolicy, items: list[tuple[str, dict[str, Any]]], aoi: str, grid: str,
+    day: date, x: int, y: int, z: int, cancel: threading.Event,
+) -> tuple[bytes, str, str]:
+    """(PNG, source, why not from the COGs): from the scene COGs; from the thumbnails when no COG may
+    or can be read; transparent outside the data."""
+    note = ""
     for item_url, item in items:
         try:
-            png = tiles.cog_tile(item_url, item, x, y, z)
-        except tiles.TileUnavailable:
-            unreadable = True
+            png = tiles.cog_tile(policy, item_url, item, x, y, z, cancel)
+        except tiles.TileCancelled:
+            raise
+        except TileError as exc:
+            note = str(exc)
+            log.info("tile %s/%s/%s of AOI %r on %s from thumbnails: %s", z, x, y, aoi, day, exc)
             continue
         if png is not None:
-            return png, "cog"
-    if unreadable:
-        return tiles.thumbnail_tile(catalog.thumbnails_on(aoi, grid, day), x, y, z), "thumbnails"
-    return tiles.empty_png(), "empty"
+            return png, "cog", ""
+    if note:
+        png = tiles.thumbnail_tile(catalog.thumbnails_on(aoi, grid, day), x, y, z, cancel)
+        return png, "thumbnails", note
+    return tiles.empty_png(), "empty", ""
 
 
-def serve(out: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the explorer over the output root ``out`` until interrupted; prints the address."""
+def serve(
+    out: str, host: str = "127.0.0.1", port: int = 8000, options: ExplorerOptions | None = None
+) -> None:
+    """Run the explorer over the output root ``out`` on ``host:port`` until interrupted (the caller tells
+    the user the address); ``options`` without ``bind_host`` get ``host``."""
+    import dataclasses
+
     import uvicorn
 
-    app = create_app(out)
-    print(f"geofm explorer on http://{host}:{port}/ (API docs: http://{host}:{port}/docs) for {out}",
-          flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    opts = dataclasses.replace(options or ExplorerOptions(), bind_host=host)
+    uvicorn.run(create_app(out, opts), host=host, port=port, log_level="warning")

@@ -1,32 +1,36 @@
 """Read-only view of a pipeline output root for the explorer: AOIs, grids, GeoJSONs, chip time
-series, thumbnails and scene items. Every path comes from :class:`geofm.layout.Layout`; request
-values only ever select rows of the metadata, they never become part of a path (no traversal)."""
+series, thumbnails and scene items. Every path comes from :class:`geofm.layout.Layout`; AOI names pass
+:func:`geofm.config.check_name` before they become a path part, and other request values only ever
+select rows of the metadata, they never become part of a path (no traversal).
+
+Caching: what is read from files is kept in a bounded LRU keyed on the files' versions (size and
+modification stamp) at the time of the read, checked on every use, so a rerun of a step is served at
+once and nothing stale is ever answered. Listings (which AOIs and grids exist) are never cached, and
+neither is a miss: an AOI asked for before its step 4 ran is found as soon as it exists.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 import geopandas as gpd
 import pandas as pd
 
-from geofm import geoparquet, storage
+from geofm import columns, geoparquet, storage
+from geofm.config import check_name
+from geofm.errors import GeofmError, NotFoundError, StorageError
 from geofm.layout import Layout
 from geofm.sentinel2 import parse_scene_id
 
-# Columns of the consolidated output that a chip's time series carries (those present are sent).
-SERIES_FIELDS = ("cosine_sim", "patch_sim_mean", "patch_sim_p10", "patch_changed_share",
-                 "cloud_cover_perc", "missing_data_perc")
-META_COLUMNS = ["chip_id", "x_dim", "y_dim", "date", "origin_tile", "chip_size", "mgrs_grid",
-                "cloud_cover_perc", "missing_data_perc"]
-
-
-class NotFound(LookupError):
-    """An AOI, grid, chip, date or file the output does not have; the message names it."""
+T = TypeVar("T")
+MAX_TABLES = 24  # cached tables and GeoJSONs (the big entries)
+MAX_ITEMS = 512  # cached scene item JSONs
 
 
 def iso_date(value: Any) -> str:
@@ -45,40 +49,78 @@ def clean(value: Any) -> Any:
     return value
 
 
-class Catalog:
-    """The AOIs and their consolidated outputs under one root (a folder or ``s3://bucket/prefix``).
+class VersionedLRU:
+    """At most ``size`` values, each stored with the versions of the files it was read from and
+    served only while those versions are unchanged; least recently used values go first."""
 
-    Tables are read once and cached while the grid's consolidated output is unchanged: a rerun of
-    step 4 rewrites that file last, and the next request reads the new outputs.
-    """
-
-    def __init__(self, root: str) -> None:
-        self.root = str(root).rstrip("/") or "/"
-        self._cache: dict[tuple[str, ...], Any] = {}
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, ...], tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _cached(self, key: tuple[str, ...], load: Any) -> Any:
-        """``load()`` once per key; keys of a grid (aoi, grid, ...) are reloaded when step 4 reran."""
-        stamp = ""
-        if len(key) >= 3:
-            with contextlib.suppress(FileNotFoundError):
-                stamp = storage.version(self.layout(key[1]).consolidated_output(key[2]))
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, ...], stamp: Callable[[], Any], load: Callable[[], T], what: str) -> T:
+        """The value for ``key``: cached when ``stamp()`` still matches, else ``load()`` (kept only when
+        the stamp did not move while loading, so a half-rewritten output is never kept). A file that
+        vanished raises :class:`NotFoundError`, one that cannot be parsed :class:`StorageError`; both
+        name ``what``, never a path."""
+        try:
+            before = stamp()
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None and hit[0] == before:
+                    self._entries.move_to_end(key)
+                    return hit[1]
+            value = load()
+            after = stamp()
+        except FileNotFoundError:
+            raise NotFoundError(f"{what} is gone (the output changed while it was read)") from None
+        except GeofmError:
+            raise
+        except Exception as exc:  # broken or half-written file: the caller may retry
+            raise StorageError(f"{what} cannot be read ({type(exc).__name__})") from exc
         with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
-        value = load()
-        with self._lock:
-            self._cache[key] = (stamp, value)
+            if after == before:
+                self._entries[key] = (before, value)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.pop(key, None)
         return value
+
+
+class Catalog:
+    """The AOIs and their consolidated outputs under one root (a folder or ``s3://bucket/prefix``)."""
+
+    def __init__(self, root: str, max_tables: int = MAX_TABLES, max_items: int = MAX_ITEMS) -> None:
+        self.root = str(root).rstrip("/") or "/"
+        self.tables = VersionedLRU(max_tables)
+        self.items = VersionedLRU(max_items)
 
     # ---- AOIs and grids ------------------------------------------------------------------------
     def layout(self, aoi: str) -> Layout:
-        return Layout(self.root, aoi)
+        """The layout of an AOI; a name that is not a safe path part raises ``InvalidNameError``."""
+        return Layout(self.root, check_name(aoi, "AOI name"))
+
+    def aois(self) -> list[tuple[str, list[str]]]:
+        """(AOI, consolidated grids) of every AOI with at least one; an AOI folder that cannot be read
+        (bad name, unreadable folder) is left out, never fatal to the listing."""
+        out = []
+        for name in storage.list_folders(Layout.outputs_dir(self.root)):
+            try:
+                grids = self._grids(name)
+            except (GeofmError, OSError, ValueError):
+                continue
+            if grids:
+                out.append((name, grids))
+        return out
 
     def aoi_names(self) -> list[str]:
         """AOIs with at least one consolidated grid."""
-        return [a for a in storage.list_folders(Layout.outputs_dir(self.root)) if self._grids(a)]
+        return [name for name, _ in self.aois()]
 
     def _grids(self, aoi: str) -> list[str]:
         lay = self.layout(aoi)
@@ -86,24 +128,32 @@ class Catalog:
         return [g for g in grids if storage.exists(lay.consolidated_output(g))]
 
     def grids(self, aoi: str) -> list[str]:
-        """The consolidated MGRS grids of an AOI; an unknown AOI raises :class:`NotFound`."""
-        grids = self._cached(("grids", aoi), lambda: self._grids(aoi))
+        """The consolidated MGRS grids of an AOI; an unknown AOI raises :class:`NotFoundError`."""
+        grids = self._grids(aoi)
         if not grids:
             known = ", ".join(self.aoi_names()) or "none"
-            raise NotFound(f"unknown AOI {aoi!r} (AOIs with consolidated output: {known})")
+            raise NotFoundError(f"unknown AOI {aoi!r} (AOIs with consolidated output: {known})")
         return grids
 
     def check(self, aoi: str, grid: str) -> Layout:
-        """The layout of a known (AOI, grid); unknown ones raise :class:`NotFound`."""
+        """The layout of a known (AOI, grid); unknown ones raise :class:`NotFoundError`."""
         grids = self.grids(aoi)
         if grid not in grids:
-            raise NotFound(f"unknown grid {grid!r} for AOI {aoi!r} (grids: {', '.join(grids)})")
+            raise NotFoundError(f"unknown grid {grid!r} for AOI {aoi!r} (grids: {', '.join(grids)})")
         return self.layout(aoi)
+
+    def _json(self, url: str, what: str, cache: VersionedLRU | None = None) -> Any:
+        """A JSON file of the output, cached by version (errors as :meth:`VersionedLRU.get`)."""
+        return (cache or self.tables).get(("json", url), lambda: storage.version(url),
+                                          lambda: storage.read_json(url), what)
 
     def config(self, aoi: str, grid: str) -> dict[str, Any] | None:
         """The step-4 front-end config JSON as written, or None when absent."""
         url = self.check(aoi, grid).frontend_config(grid)
-        return storage.read_json(url) if storage.exists(url) else None
+        try:
+            return self._json(url, f"front-end config of AOI {aoi!r} grid {grid!r}")
+        except NotFoundError:
+            return None
 
     def geojson(self, aoi: str, grid: str, kind: str) -> dict[str, Any]:
         """``aoi`` / ``full`` chip grid or ``change`` intensity GeoJSON of a grid."""
@@ -111,52 +161,72 @@ class Catalog:
         paths = {"aoi": lay.chip_grid_aoi, "full": lay.chip_grid_full_tile, "change": lay.change_intensity}
         url = paths[kind](grid)
         if not storage.exists(url):
-            raise NotFound(f"{kind} GeoJSON not found for AOI {aoi!r} grid {grid!r}")
-        return self._cached(("geojson", aoi, grid, kind), lambda: storage.read_json(url))
+            raise NotFoundError(f"{kind} GeoJSON not found for AOI {aoi!r} grid {grid!r}")
+        return self._json(url, f"{kind} GeoJSON of AOI {aoi!r} grid {grid!r}")
 
     def aoi_geojson(self, aoi: str) -> dict[str, Any] | None:
         self.grids(aoi)
-        url = self.layout(aoi).aoi_geojson
-        return storage.read_json(url) if storage.exists(url) else None
+        try:
+            return self._json(self.layout(aoi).aoi_geojson, f"AOI GeoJSON of {aoi!r}")
+        except NotFoundError:
+            return None
 
     # ---- tables --------------------------------------------------------------------------------
     def table(self, aoi: str, grid: str) -> gpd.GeoDataFrame:
         """The consolidated GeoParquet of a grid, with ``day`` (YYYY-MM-DD) added, sorted by chip and date."""
-        lay = self.check(aoi, grid)
+        url = self.check(aoi, grid).consolidated_output(grid)
 
         def load() -> gpd.GeoDataFrame:
-            df = geoparquet.read(lay.consolidated_output(grid))
+            df = geoparquet.read(url)
             df["day"] = pd.to_datetime(df["date"]).dt.strftime("%Y-%m-%d")
             return df.sort_values(["chip_id", "day"]).reset_index(drop=True)
 
-        return self._cached(("table", aoi, grid), load)
+        return self.tables.get(("table", url), lambda: storage.version(url), load,
+                               f"consolidated output of AOI {aoi!r} grid {grid!r}")
+
+    def bounds(self, aoi: str, grid: str) -> tuple[float, float, float, float]:
+        """Lon/lat bounds of a grid's chips (the consolidated output's total bounds)."""
+        url = self.check(aoi, grid).consolidated_output(grid)
+        return self.tables.get(("bounds", url), lambda: storage.version(url),
+                               lambda: tuple(float(v) for v in self.table(aoi, grid).total_bounds),
+                               f"consolidated output of AOI {aoi!r} grid {grid!r}")
 
     def chip_dates(self, aoi: str, grid: str) -> pd.DataFrame:
         """Every chip and date that step 1 cut for this grid (from the chip meta), analysed or not."""
         lay = self.check(aoi, grid)
 
-        def load() -> pd.DataFrame:
-            frames = []
-            for scene_id in lay.meta_scene_ids():
+        def meta_files() -> dict[str, str]:
+            files = storage.file_versions(lay.meta_dir, Layout.META_SUFFIX)
+            out = {}
+            for url in files:
+                scene_id = url.rsplit("/", 1)[-1].removesuffix(Layout.META_SUFFIX)
                 try:
-                    if parse_scene_id(scene_id).grid != grid:
-                        continue
+                    if parse_scene_id(scene_id).grid == grid:
+                        out[url] = files[url]
                 except ValueError:
                     continue
-                frames.append(geoparquet.read(lay.meta(scene_id), META_COLUMNS))
+            return out
+
+        def stamp() -> tuple[Any, ...]:
+            return tuple(sorted(meta_files().items())), storage.version(lay.consolidated_output(grid))
+
+        def load() -> pd.DataFrame:
+            frames = [geoparquet.read(url, list(columns.CHIP_INDEX)) for url in sorted(meta_files())]
             if not frames:  # no meta: what the consolidated output holds
-                frames = [self.table(aoi, grid)[[c for c in META_COLUMNS if c in self.table(aoi, grid)]]]
+                table = self.table(aoi, grid)
+                frames = [table[[c for c in columns.CHIP_INDEX if c in table]]]
             df = pd.concat(frames, ignore_index=True)
             df["day"] = pd.to_datetime(df["date"]).dt.strftime("%Y-%m-%d")
             return df.sort_values(["chip_id", "day"]).reset_index(drop=True)
 
-        return self._cached(("chip_dates", aoi, grid), load)
+        return self.tables.get(("chip_dates", lay.meta_dir, grid), stamp, load,
+                               f"chip metadata of AOI {aoi!r} grid {grid!r}")
 
     def summary(self, aoi: str, grid: str) -> dict[str, Any]:
         """What the front end needs to open a grid: dates, bounds, chip count, PCA fields, config."""
         df = self.table(aoi, grid)
         lay = self.layout(aoi)
-        minx, miny, maxx, maxy = (float(v) for v in df.total_bounds)
+        minx, miny, maxx, maxy = self.bounds(aoi, grid)
         return {
             "aoi_name": aoi, "grid": grid,
             "dates": sorted(df["day"].unique().tolist()),
@@ -173,14 +243,14 @@ class Catalog:
     def series_fields(df: pd.DataFrame) -> list[str]:
         pca = sorted((c for c in df.columns if re.search(r"_pca_\d+$", c)),
                      key=lambda c: (c.rsplit("_", 1)[0], int(c.rsplit("_", 1)[1])))
-        return [c for c in SERIES_FIELDS if c in df.columns] + pca
+        return [c for c in columns.SERIES if c in df.columns] + pca
 
     def series(self, aoi: str, grid: str, chip_id: str) -> dict[str, Any]:
         """A chip's time series: dates, each numeric field, per-patch change maps, change summary."""
         df = self.table(aoi, grid)
         rows = df[df["chip_id"] == chip_id]
         if rows.empty:
-            raise NotFound(f"unknown chip {chip_id!r} in AOI {aoi!r} grid {grid!r}")
+            raise NotFoundError(f"unknown chip {chip_id!r} in AOI {aoi!r} grid {grid!r}")
         fields = self.series_fields(df)
         first = rows.iloc[0]
         out: dict[str, Any] = {
@@ -209,7 +279,7 @@ class Catalog:
     def change_properties(self, aoi: str, grid: str, chip_id: str) -> dict[str, Any] | None:
         try:
             fc = self.geojson(aoi, grid, "change")
-        except NotFound:
+        except NotFoundError:
             return None
         for feat in fc.get("features", []):
             if feat.get("properties", {}).get("chip_id") == chip_id:
@@ -224,45 +294,48 @@ class Catalog:
         df = self.chip_dates(aoi, grid)
         chips = df[df["chip_id"] == chip_id]
         if chips.empty:
-            raise NotFound(f"unknown chip {chip_id!r} in AOI {aoi!r} grid {grid!r}")
+            raise NotFoundError(f"unknown chip {chip_id!r} in AOI {aoi!r} grid {grid!r}")
         rows = chips[chips["day"] == day.isoformat()]
         if rows.empty:
             dates = ", ".join(chips["day"].unique())
-            raise NotFound(f"chip {chip_id!r} has no data on {day} (dates: {dates})")
+            raise NotFoundError(f"chip {chip_id!r} has no data on {day} (dates: {dates})")
         row = rows.iloc[0]
         url = self.layout(aoi).rgb_thumbnail(str(row["origin_tile"]), int(row["chip_size"]),
                                              int(row["x_dim"]), int(row["y_dim"]))
         if not storage.exists(url):
-            raise NotFound(f"no thumbnail of chip {chip_id!r} on {day}")
+            raise NotFoundError(f"no thumbnail of chip {chip_id!r} on {day}")
         return url
+
+    def thumbnail(self, aoi: str, grid: str, chip_id: str, day: date) -> bytes:
+        """The PNG bytes of :meth:`thumbnail_url`; a file that vanished meanwhile is a 404 too."""
+        try:
+            return storage.read_bytes(self.thumbnail_url(aoi, grid, chip_id, day))
+        except FileNotFoundError:
+            raise NotFoundError(f"no thumbnail of chip {chip_id!r} on {day}") from None
 
     def scene_dates(self, aoi: str, grid: str) -> list[str]:
         """Dates with a scene item of this grid in the input layout."""
         return sorted({s.date.isoformat() for s in self._scenes(aoi, grid)})
 
     def _scenes(self, aoi: str, grid: str) -> list[Any]:
-        lay = self.check(aoi, grid)
-
-        def load() -> list[Any]:
-            out = []
-            for scene_id in lay.scene_ids():
-                try:
-                    s = parse_scene_id(scene_id)
-                except ValueError:
-                    continue
-                if s.grid == grid:
-                    out.append(s)
-            return out
-
-        return self._cached(("scenes", aoi, grid), load)
+        out = []
+        for scene_id in self.check(aoi, grid).scene_ids():
+            try:
+                s = parse_scene_id(scene_id)
+            except ValueError:
+                continue
+            if s.grid == grid:
+                out.append(s)
+        return out
 
     def scene_items(self, aoi: str, grid: str, day: date) -> list[tuple[str, dict[str, Any]]]:
-        """(item URL, item JSON) of the scenes of a grid on a date; none raises :class:`NotFound`."""
+        """(item URL, item JSON) of the scenes of a grid on a date; none raises :class:`NotFoundError`."""
         scenes = [s for s in self._scenes(aoi, grid) if s.date == day]
         if not scenes:
-            raise NotFound(f"no scene of grid {grid!r} on {day} for AOI {aoi!r}")
+            raise NotFoundError(f"no scene of grid {grid!r} on {day} for AOI {aoi!r}")
         lay = self.layout(aoi)
-        return [(lay.scene_metadata(s.scene_id), storage.read_json(lay.scene_metadata(s.scene_id)))
+        return [(lay.scene_metadata(s.scene_id),
+                 self._json(lay.scene_metadata(s.scene_id), f"item of scene {s.scene_id}", self.items))
                 for s in scenes]
 
     def thumbnails_on(self, aoi: str, grid: str, day: date) -> list[tuple[tuple[float, ...], str]]:

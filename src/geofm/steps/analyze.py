@@ -103,9 +103,9 @@ def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def pca_inputs(rows: pd.DataFrame, cfg: PipelineConfig) -> str:
-    """What the PCA is fitted from: every selected row's embedding file (relative to the output root)
-    and who wrote it."""
-    files = [markers.stored(cfg.layout, u) for u in rows[EMBEDDING_FILE[cfg.embedding_kind]]]
+    """What the PCA is fitted from: every selected row's embedding file (as the layout stores it) and
+    who wrote it."""
+    files = [cfg.layout.restore(u) for u in rows[EMBEDDING_FILE[cfg.embedding_kind]]]
     return digest([files, list(rows[EMBED_ID])])
 
 
@@ -116,7 +116,7 @@ def fit_global_pca(rows: pd.DataFrame, cfg: PipelineConfig) -> PCAModel:
     sample: np.ndarray | None = None  # filled in place: the sample is held once (it can be GBs)
     n = 0
     for i in idx:
-        v = load_embedding(rows[col].iloc[i]).ravel()
+        v = load_embedding(cfg.layout.resolve(rows[col].iloc[i])).ravel()
         if not np.all(np.isfinite(v)):
             continue
         if sample is None:
@@ -176,10 +176,10 @@ def chip_rows(cfg: PipelineConfig, grid: str, chip_id: str) -> gpd.GeoDataFrame:
 
 def chip_inputs(cfg: PipelineConfig, rows: pd.DataFrame, model: PCAModel) -> str:
     """A chip's input identity: its rows as selected (values, files, who embedded them) and the PCA;
-    file locations relative to the output root, so a moved root keeps it."""
+    file locations as the layout stores them (relative: a moved output keeps it)."""
     rows = rows.drop(columns="geometry").copy()
     for col in (c for c in rows.columns if c.startswith("s3_location_")):
-        rows[col] = rows[col].map(lambda u: markers.stored(cfg.layout, u) if isinstance(u, str) else u)
+        rows[col] = rows[col].map(lambda u: cfg.layout.restore(u) if isinstance(u, str) else u)
     return digest([rows.to_json(orient="split", date_format="iso", index=False), model.model_id])
 
 
@@ -234,7 +234,7 @@ def process_unit(cfg: PipelineConfig, unit: str) -> UnitOutput:
     rows = chip_rows(cfg, grid, f"{x}_{y}")
     if rows.empty:
         return UnitOutput([], {"rows": 0})
-    embeddings = [load_embedding(u) for u in rows[EMBEDDING_FILE[cfg.embedding_kind]]]
+    embeddings = [load_embedding(lay.resolve(u)) for u in rows[EMBEDDING_FILE[cfg.embedding_kind]]]
     frame = analyze_chip(rows.drop(columns=EMBED_ID), embeddings, model, cfg)
     geoparquet.write(url, frame)
     return UnitOutput([url], {

@@ -188,6 +188,8 @@ def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
     config = frontend_config(cfg, grid, rows)
     storage.write_json(lay.frontend_config(grid), {
         "current_demo_id": cfg.aoi_name, "demos": [{"demo_id": cfg.aoi_name, "config": config}]})
+    for col in set(Layout.PATH_COLUMNS) & set(rows.columns):  # older runs' paths follow the rule here
+        rows[col] = [lay.restore(v) if isinstance(v, str) else v for v in rows[col]]
     geoparquet.write(lay.consolidated_output(grid), rows)
     counts = intensity["change_intensity"].value_counts().to_dict()
     return UnitOutput(_outputs(lay, grid), {
@@ -196,12 +198,13 @@ def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
 
 
 # ---- vector DB -----------------------------------------------------------------------------------
-def vector_rows(rows: gpd.GeoDataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """LanceDB columns (docs/formats.md) and class embeddings of the rows that have a clean one."""
+def vector_rows(rows: gpd.GeoDataFrame, lay: Layout) -> tuple[pd.DataFrame, np.ndarray]:
+    """LanceDB columns (docs/formats.md) and class embeddings of the rows that have a clean one; paths
+    are stored by ``lay``'s rule, the geometry as WKB (its bounds beside it, for the bbox filter)."""
     ok = rows[~rows["embedding_contains_nan_yn"].astype(bool) & rows["s3_location_cls_emb"].notna()]
     vectors, keep = [], []
     for i, url in zip(ok.index, ok["s3_location_cls_emb"], strict=True):
-        v = load_embedding(url).astype(np.float32).ravel()
+        v = load_embedding(lay.resolve(url)).astype(np.float32).ravel()
         if np.all(np.isfinite(v)) and np.any(v):
             vectors.append(v)
             keep.append(i)
@@ -213,12 +216,12 @@ def vector_rows(rows: gpd.GeoDataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         "scene_id": sel["origin_tile"].astype(str),
         "mgrs_grid": sel["mgrs_grid"].astype(str), "aoi_name": sel["aoi_name"].astype(str),
         "model": sel["model"].astype(str) if "model" in sel.columns else "",
-        "geometry_wkt": sel.geometry.to_wkt(), "minx": bounds["minx"], "miny": bounds["miny"],
+        "geometry": sel.geometry.to_wkb(), "minx": bounds["minx"], "miny": bounds["miny"],
         "maxx": bounds["maxx"], "maxy": bounds["maxy"],
         "cloud_cover_perc": sel["cloud_cover_perc"].astype(float),
         "missing_data_perc": sel["missing_data_perc"].astype(float),
-        "s3_location_png_thumbnail": sel["s3_location_png_thumbnail"].astype(str),
-        "s3_location_netcdf": sel["s3_location_netcdf"].astype(str),
+        "s3_location_png_thumbnail": [lay.restore(str(v)) for v in sel["s3_location_png_thumbnail"]],
+        "s3_location_netcdf": [lay.restore(str(v)) for v in sel["s3_location_netcdf"]],
         "cosine_sim": sel["cosine_sim"].astype(float),
     })
     for col in sorted(c for c in sel.columns if "_emb_pca_" in c):
@@ -234,7 +237,7 @@ def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
     for grid in grids:
         if not storage.exists(lay.consolidated_output(grid)):
             continue
-        df, v = vector_rows(geoparquet.read(lay.consolidated_output(grid)))
+        df, v = vector_rows(geoparquet.read(lay.consolidated_output(grid)), lay)
         if len(df):
             frames.append(df)
             vecs.append(v)

@@ -23,6 +23,7 @@ import pandas as pd
 from geofm import geoparquet, markers, netcdf, storage
 from geofm.config import PipelineConfig
 from geofm.errors import ConfigError, ModelError, SceneError
+from geofm.layout import Layout
 from geofm.models import spectral
 from geofm.models.registry import Embedder, ModelSpec, check_weights, get_model_spec, load_embedder
 from geofm.sentinel2 import band_tag
@@ -109,10 +110,11 @@ def _batches(items: list[int], size: int) -> Iterator[list[int]]:
         yield items[i:i + size]
 
 
-def _load_batch(meta: pd.DataFrame, idx: list[int], bands: list[str]) -> list[tuple[int, np.ndarray | str]]:
+def _load_batch(layout: Layout, meta: pd.DataFrame, idx: list[int], bands: list[str]
+                ) -> list[tuple[int, np.ndarray | str]]:
     out: list[tuple[int, np.ndarray | str]] = []
     for i in idx:
-        url = meta.at[i, "s3_location_netcdf"]
+        url = layout.resolve(meta.at[i, "s3_location_netcdf"])
         try:
             out.append((i, read_chip(url, bands)))
         except Exception as exc:  # one unreadable chip is recorded, the others go on
@@ -139,12 +141,13 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chip-prefetch") as pool:
         batches = list(_batches(todo, cfg.batch_size))
         pending: Future[list[tuple[int, np.ndarray | str]]] | None = (
-            pool.submit(_load_batch, meta, batches[0], bands) if batches else None
+            pool.submit(_load_batch, layout, meta, batches[0], bands) if batches else None
         )
         for b in range(len(batches)):
             assert pending is not None
             loaded = pending.result()
-            pending = pool.submit(_load_batch, meta, batches[b + 1], bands) if b + 1 < len(batches) else None
+            pending = (pool.submit(_load_batch, layout, meta, batches[b + 1], bands) if b + 1 < len(batches)
+                       else None)
             good = [(i, a) for i, a in loaded if isinstance(a, np.ndarray)]
             for i, err in loaded:
                 if isinstance(err, str):
@@ -182,8 +185,8 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
     dates = pd.to_datetime(meta["date"]) if n else pd.Series([], dtype="datetime64[ns]")
     meta["year"] = dates.dt.year.astype("Int64") if n else pd.Series([], dtype="Int64")
     meta["month"] = dates.dt.month.astype("Int64") if n else pd.Series([], dtype="Int64")
-    meta["s3_location_cls_emb"] = pd.Series(cls_urls, dtype=object)
-    meta["s3_location_patch_emb"] = pd.Series(patch_urls, dtype=object)
+    meta["s3_location_cls_emb"] = pd.Series([u and layout.stored(u) for u in cls_urls], dtype=object)
+    meta["s3_location_patch_emb"] = pd.Series([u and layout.stored(u) for u in patch_urls], dtype=object)
     meta["model"] = cfg.model
     meta["embedding_dim"] = spec.embedding_dim
     meta["embedding_status"] = pd.Series(status, dtype=object)

@@ -18,7 +18,7 @@ import xarray as xr
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from geofm import columns, geoparquet, netcdf, sentinel2, storage, thumbnails
+from geofm import cf, columns, geoparquet, netcdf, sentinel2, storage, thumbnails
 from geofm.aoi import aoi_identity, load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
 from geofm.config import PipelineConfig
@@ -67,13 +67,26 @@ def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, 
     ds = xr.Dataset(variables, coords={"x": x, "y": y, "time": np.datetime64(when.tz_convert(None), "ns")})
     ds = ds.rio.write_crs(grid.crs).rio.write_transform(t @ Affine.translation(col, row))
     for v in ds.data_vars:
-        ds[v].attrs["grid_mapping"] = "spatial_ref"
+        ds[v].attrs["grid_mapping"] = cf.GRID_MAPPING
         # list spatial_ref among the coordinates, so plain xr.open_dataset(...).rio.crs finds it
-        ds[v].encoding["coordinates"] = "time spatial_ref"
-    ds["x"].attrs.update(units="m", standard_name="projection_x_coordinate", long_name="pixel centre x")
-    ds["y"].attrs.update(units="m", standard_name="projection_y_coordinate", long_name="pixel centre y")
-    ds.attrs = attrs
+        ds[v].encoding["coordinates"] = f"time {cf.GRID_MAPPING}"
+    _cf_attrs(ds, bands)
+    ds.attrs = {**cf.global_attrs(str(attrs.get("scene_id")), str(attrs.get("chip_id"))), **attrs}
     return ds
+
+
+def _cf_attrs(ds: xr.Dataset, bands: list[str]) -> None:
+    """The CF-1.10 attributes and fill values of the chip's variables (geofm.cf)."""
+    for b in bands:
+        ds[b].attrs.update(cf.band_attrs(b))
+    ds[sentinel2.SCL_NAME].attrs.update(cf.scl_attrs())
+    ds[sentinel2.SCL_NAME].encoding["_FillValue"] = cf.SCL_FILL
+    for axis in ("X", "Y"):
+        name = axis.lower()
+        ds[name].attrs.update(cf.projection_coordinate_attrs(axis))
+        ds[name].encoding["_FillValue"] = None  # CF: coordinate variables have no fill value
+    ds["time"].attrs.update(cf.time_attrs())
+    ds[cf.GRID_MAPPING].attrs.update(cf.grid_mapping_attrs())
 
 
 def netcdf_bytes(ds: xr.Dataset) -> bytes:
@@ -117,7 +130,7 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
             rows.append(_write_chip(cfg, scene_id, grid_code, grid, chip, data, bands, when,
                                     reader.offset))
     write_meta(layout.meta(scene_id), rows)
-    files = [r[c] for r in rows for c in columns.FILE_COLUMNS]
+    files = [layout.resolve(r[c]) for r in rows for c in columns.FILE_COLUMNS]
     return UnitOutput([*files, layout.meta(scene_id)],
                       {"chips": len(rows), "grid": f"{grid.n_cols}x{grid.n_rows}", "crs": grid.crs})
 
@@ -156,7 +169,7 @@ def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGr
         "utm_maxx": maxx, "utm_maxy": maxy, "centroid_lat": lat, "centroid_lon": lon,
         "cloud_cover_perc": cloud_share(data[sentinel2.SCL_NAME]),
         "missing_data_perc": missing_share([data[b] for b in bands]),
-        "s3_location_netcdf": nc_url, "s3_location_png_thumbnail": png_url,
+        "s3_location_netcdf": layout.stored(nc_url), "s3_location_png_thumbnail": layout.stored(png_url),
     }
 
 

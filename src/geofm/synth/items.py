@@ -1,12 +1,21 @@
-"""Earth Search v1 ``sentinel-2-l2a`` shaped STAC items for synthetic scenes."""
+"""Earth Search v1 ``sentinel-2-l2a`` shaped STAC items (and their collection) for synthetic scenes.
+
+They are valid STAC 1.1.0 (pystac's JSON-schema validation, tests/test_stac_validity.py): a ``collection``
+field with its ``collection`` link, every declared extension's fields (projection v2.0.0: ``proj:code``),
+eo common names from the eo extension's list, ``platform`` as ``sentinel-2a``/``sentinel-2b``.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from pystac.extensions.eo import Band as EOBand
+
+from geofm import __version__
 from geofm.sentinel2 import BANDS, SCL_NAME, SCL_RESOLUTION, VISUAL_NAME, make_scene_id
 
+STAC_VERSION = "1.1.0"
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 COLLECTION = "sentinel-2-l2a"
 HARMONISED_BASELINE = "05.09"
@@ -23,10 +32,24 @@ STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/grid/v1.0.0/schema.json",
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
     "https://stac-extensions.github.io/view/v1.0.0/schema.json",
-    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
     "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
     "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
 ]
+
+
+def platform_name(platform: str) -> str:
+    """STAC ``platform`` of a scene-id platform: ``S2A`` -> ``sentinel-2a``."""
+    return f"sentinel-2{platform[2:].lower()}"
+
+
+def common_name(band: str) -> str:
+    """The eo common name of a band asset key: ``rededge1`` -> ``rededge`` (the red-edge bands share
+    one), else the key itself; checked against the eo extension's list (as pystac knows it)."""
+    name = "rededge" if band.startswith("rededge") else band
+    if EOBand.band_range(name) is None:
+        raise ValueError(f"band {band!r} has no eo common name")
+    return name
 
 
 def platform_on(day: date) -> str:
@@ -42,7 +65,7 @@ def acquisition_time(day: date, lon: float) -> datetime:
 
 def eo_band(name: str) -> dict[str, Any]:
     b = next(b for b in BANDS if b.name == name)
-    return {"name": name, "common_name": name, "description": _TITLES[name],
+    return {"name": name, "common_name": common_name(name), "description": _TITLES[name],
             "center_wavelength": b.wavelength, "full_width_half_max": _FWHM[name]}
 
 
@@ -50,9 +73,10 @@ def build_item(
     *, grid: str, day: date, epsg: int, origin: tuple[float, float], extent_m: float,
     hrefs: dict[str, str], shapes: dict[int, tuple[int, int]], geometry: dict[str, Any],
     bbox: list[float], lon: float, cloud_cover: float, scl_shares: dict[str, float],
-    harmonised: bool = True,
+    collection_href: str, harmonised: bool = True,
 ) -> dict[str, Any]:
-    """One item: ``hrefs`` maps asset keys to absolute hrefs, ``shapes`` resolution -> (rows, cols)."""
+    """One item: ``hrefs`` maps asset keys to absolute hrefs, ``shapes`` resolution -> (rows, cols);
+    ``collection_href`` is where its collection (:func:`build_collection`) lies."""
     zone, band_letter, square = int(grid[:-3]), grid[-3], grid[-2:]
     platform = platform_on(day)
     scene_id = make_scene_id(platform, grid, day)
@@ -90,8 +114,9 @@ def build_item(
     created = (when + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     props: dict[str, Any] = {
         "created": created, "updated": created,
-        "platform": f"sentinel-{platform[2:].lower()}", "constellation": "sentinel-2", "instruments": ["msi"],
-        "eo:cloud_cover": round(cloud_cover, 6), "proj:epsg": epsg, "proj:code": f"EPSG:{epsg}",
+        "platform": platform_name(platform), "constellation": "sentinel-2", "instruments": ["msi"],
+        "eo:cloud_cover": round(cloud_cover, 6), "proj:code": f"EPSG:{epsg}",
+        "processing:level": "L2A", "processing:software": {"geofm-synth": __version__},
         "mgrs:utm_zone": zone, "mgrs:latitude_band": band_letter, "mgrs:grid_square": square,
         "grid:code": f"MGRS-{grid}",
         "view:sun_azimuth": 160.0, "view:sun_elevation": 45.0,
@@ -105,7 +130,33 @@ def build_item(
         "geofm:extent_m": extent_m,
     }
     return {
-        "type": "Feature", "stac_version": "1.0.0", "stac_extensions": STAC_EXTENSIONS, "id": scene_id,
+        "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": STAC_EXTENSIONS, "id": scene_id,
         "collection": COLLECTION, "properties": props, "geometry": geometry, "bbox": bbox,
-        "links": [], "assets": assets,
+        "links": [collection_link(collection_href)], "assets": assets,
+    }
+
+
+def collection_link(href: str) -> dict[str, Any]:
+    return {"rel": "collection", "href": href, "type": "application/json",
+            "title": "Synthetic Sentinel-2 L2A"}
+
+
+def build_collection(items: list[dict[str, Any]], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``sentinel-2-l2a`` collection of the items; its extent also covers ``previous`` (the archive's
+    collection as written for other tiles or dates)."""
+    boxes = [it["bbox"] for it in items]
+    times = [it["properties"]["datetime"] for it in items]
+    if previous is not None:
+        boxes += previous["extent"]["spatial"]["bbox"]
+        times += [t for t in previous["extent"]["temporal"]["interval"][0] if t]
+    bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+            max(b[3] for b in boxes)]
+    return {
+        "type": "Collection", "stac_version": STAC_VERSION, "id": COLLECTION,
+        "title": "Synthetic Sentinel-2 L2A (geofm synth)",
+        "description": "Synthetic Sentinel-2 L2A scenes shaped like Earth Search v1 items, made offline by "
+                       "`geofm synth` with planted changes and their ground truth.",
+        "license": "CC0-1.0",
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[min(times), max(times)]]}},
+        "links": [],
     }

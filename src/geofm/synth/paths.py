@@ -11,6 +11,11 @@ def archive_dir(root: str) -> str:
     return join(root, "synthetic-archive")
 
 
+def collection(root: str) -> str:
+    """The STAC collection (``sentinel-2-l2a``) that every synthetic item links to."""
+    return join(archive_dir(root), "collection.json")
+
+
 def scene_dir(root: str, scene_id: str) -> str:
     return join(archive_dir(root), "scenes", scene_id)
 

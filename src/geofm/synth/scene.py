@@ -20,13 +20,21 @@ from pyproj import Transformer
 from rasterio.windows import Window
 from shapely.geometry import box, mapping
 
-from geofm import storage
+from geofm import storage, thumbnails
 from geofm.aoi import to_feature_collection
 from geofm.layout import Layout
-from geofm.sentinel2 import BANDS, BOA_ADD_OFFSET, SCL_NAME, TILE_EXTENT_M, VISUAL_NAME, utm_epsg
+from geofm.sentinel2 import (
+    BANDS,
+    BOA_ADD_OFFSET,
+    REFLECTANCE_SCALE,
+    SCL_NAME,
+    TILE_EXTENT_M,
+    VISUAL_NAME,
+    utm_epsg,
+)
 from geofm.synth import paths
 from geofm.synth import spectra as sp
-from geofm.synth.items import BASELINE_04_START, build_item, platform_on
+from geofm.synth.items import BASELINE_04_START, build_collection, build_item, platform_on
 from geofm.synth.mgrs import parse_grid, tile_origin
 from geofm.synth.render import (
     Landscape,
@@ -237,6 +245,7 @@ def synthesize(
     footprint = _to_wgs84(_footprint(origin, extent_m), epsg)
     lon = footprint.centroid.x
     items = []
+    collection_url = paths.collection(root)
     for i, (sid, day) in enumerate(zip(scene_ids, dates, strict=True)):
         counts = scl_counts[i]
         valid = max(int(counts[1:].sum()), 1)
@@ -246,12 +255,15 @@ def synthesize(
         item = build_item(grid=grid, day=day, epsg=epsg, origin=origin, extent_m=extent_m,
                           hrefs=hrefs_of[sid], shapes=shapes, geometry=mapping(footprint),
                           bbox=list(footprint.bounds), lon=lon,
-                          cloud_cover=cloud, scl_shares=shares, harmonised=harmonised)
+                          cloud_cover=cloud, scl_shares=shares, collection_href=_absolute(collection_url),
+                          harmonised=harmonised)
         assert item["id"] == sid
         items.append(item)
 
     items_path = paths.items(root, grid)
     storage.write_json(items_path, {"type": "FeatureCollection", "features": items})
+    previous = storage.read_json(collection_url) if storage.exists(collection_url) else None
+    storage.write_json(collection_url, build_collection(items, previous))
     aoi_geom = _to_wgs84(box(x0 + AOI_SPAN[0] * extent_m, y0 - AOI_SPAN[1] * extent_m,
                              x0 + AOI_SPAN[1] * extent_m, y0 - AOI_SPAN[0] * extent_m), epsg)
     aoi_fc = to_feature_collection(aoi_geom, aoi_name)
@@ -337,7 +349,8 @@ def _write_strip(w: _Writers, sid: str, strip: Any, r0: int, shapes: dict[int, t
             dn[nodata] = 0
             _write(w.ds[(sid, b.band_id)], dn, r0 // k)
         if res == 10:
-            rgb = np.clip(np.round(refl[[3, 2, 1]] * 10000.0 / 2000.0 * 255.0), 1, 255).astype(np.uint8)
+            # the one RGB stretch (geofm.thumbnails); 0 is TCI's nodata, so valid pixels are at least 1
+            rgb = np.maximum(thumbnails.to_uint8(refl[[3, 2, 1]] * REFLECTANCE_SCALE), 1)
             rgb[:, nodata] = 0
             _write(w.ds[(sid, "TCI")], rgb, r0)
             _write(w.ds[(sid, "LC")], _lc_with_wedge(strip.landcover, r0, shapes[10], extent_m), r0)
