@@ -34,13 +34,24 @@ FAULTS_ENV = "GEOFM_FAULTS"
 
 @dataclass(frozen=True)
 class Marker:
-    """A finished unit: its fingerprint, the outputs it wrote and a summary of what it did."""
+    """A finished unit: its fingerprint, the outputs it wrote and a summary of what it did.
+
+    An incomplete unit (it finished, but part of its work failed, e.g. one unreadable chip of a scene)
+    has a marker too, so that downstream units can use what it wrote; it is never skipped, and its
+    identity changes with what it did, so that downstream units are redone once it completes."""
 
     step: str
     unit: str
     fingerprint: str
     outputs: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
+
+    @property
+    def identity(self) -> str:
+        """What downstream units name among their inputs: the fingerprint of a complete unit (its
+        outputs are a function of it), else a digest of the fingerprint and what the unit did."""
+        return self.fingerprint if self.complete else digest([self.fingerprint, self.info])
 
 
 def fingerprint(step: str, params: dict[str, Any], inputs: Any) -> str:
@@ -62,7 +73,7 @@ def read(lay: Layout, step: str, unit: str) -> Marker | None:
     try:
         obj = storage.read_json(url)
         return Marker(step, unit, str(obj["fingerprint"]), [lay.resolve(u) for u in obj["outputs"]],
-                      dict(obj.get("info") or {}))
+                      dict(obj.get("info") or {}), bool(obj.get("complete", True)))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
@@ -70,29 +81,44 @@ def read(lay: Layout, step: str, unit: str) -> Marker | None:
 def write(lay: Layout, marker: Marker) -> None:
     storage.write_json(lay.marker(marker.step, _file_name(marker.unit)), {
         "step": marker.step, "unit": marker.unit, "fingerprint": marker.fingerprint,
-        "finished": datetime.now(UTC).isoformat(), "info": marker.info,
+        "finished": datetime.now(UTC).isoformat(), "info": marker.info, "complete": marker.complete,
         "outputs": [lay.stored(u) for u in marker.outputs],
     })
 
 
 def upstream(lay: Layout, step: str, unit: str) -> str:
-    """The fingerprint of an upstream unit, which a downstream unit names among its inputs; a unit
+    """The identity of an upstream unit, which a downstream unit names among its inputs; a unit
     whose upstream never finished cannot run (:class:`~geofm.errors.NotFoundError`)."""
     m = read(lay, step, unit)
     if m is None:
         raise NotFoundError(f"{unit}: step {step!r} has not finished it (no marker under "
                             f"{lay.markers_dir(step)}); run {step} first")
-    return m.fingerprint
+    return m.identity
 
 
-def fingerprints(lay: Layout, step: str, prefix: str = "") -> dict[str, str]:
-    """unit -> fingerprint of every finished unit of ``step`` whose name starts with ``prefix``."""
+def _marked_units(lay: Layout, step: str) -> list[str]:
+    return [_unit_name(url.rsplit("/", 1)[-1]) for url in storage.list_files(lay.markers_dir(step), ".json")]
+
+
+def identities(lay: Layout, step: str, prefix: str = "") -> dict[str, str]:
+    """unit -> identity of every finished unit of ``step`` whose name starts with ``prefix``."""
     out = {}
-    for url in storage.list_files(lay.markers_dir(step), ".json"):
-        unit = _unit_name(url.rsplit("/", 1)[-1])
+    for unit in _marked_units(lay, step):
         if unit.startswith(prefix) and (m := read(lay, step, unit)) is not None:
-            out[unit] = m.fingerprint
+            out[unit] = m.identity
     return out
+
+
+def prune(lay: Layout, step: str, keep: set[str]) -> list[str]:
+    """Remove the outputs and markers of ``step``'s units that are no longer among its units (``keep``):
+    a scene dropped from the input, a chip no longer made. Returns the pruned units."""
+    gone = [u for u in _marked_units(lay, step) if u not in keep]
+    for unit in gone:
+        m = read(lay, step, unit)
+        for url in m.outputs if m is not None else []:
+            storage.remove(url)
+        storage.remove(lay.marker(step, _file_name(unit)))
+    return gone
 
 
 def inject_fault(step: str, unit: str, point: str) -> None:
@@ -113,11 +139,12 @@ def inject_fault(step: str, unit: str, point: str) -> None:
 
 def run(lay: Layout, step: str, unit: str, fp: str, work: Callable[[], Any], force: bool = False
         ) -> tuple[Literal["done", "skipped"], dict[str, Any]]:
-    """Skip ``unit`` when its marker matches ``fp`` and its outputs exist; else run ``work()`` (which
-    returns a :class:`~geofm.steps.base.UnitOutput`), remove the previous run's outputs it no longer
-    writes, and write the marker last."""
+    """Skip ``unit`` when its marker matches ``fp``, it completed and its outputs exist; else run
+    ``work()`` (which returns a :class:`~geofm.steps.base.UnitOutput`), remove the previous run's outputs
+    it no longer writes, and write the marker last."""
     old = read(lay, step, unit)
-    if not force and old is not None and old.fingerprint == fp and storage.all_exist(old.outputs):
+    if (not force and old is not None and old.complete and old.fingerprint == fp
+            and storage.all_exist(old.outputs)):
         return "skipped", old.info
     inject_fault(step, unit, "before")
     out = work()
@@ -125,5 +152,5 @@ def run(lay: Layout, step: str, unit: str, fp: str, work: Callable[[], Any], for
     if old is not None:
         for url in sorted(set(old.outputs) - set(out.outputs)):
             storage.remove(url)
-    write(lay, Marker(step, unit, fp, list(out.outputs), dict(out.info)))
+    write(lay, Marker(step, unit, fp, list(out.outputs), dict(out.info), out.complete))
     return "done", out.info

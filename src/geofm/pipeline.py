@@ -10,6 +10,7 @@ counts, timings and failures). It returns reports and prints nothing: progress g
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 import uuid
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from geofm import storage
+from geofm import markers, storage
 from geofm.config import PipelineConfig
 from geofm.errors import ConfigError, GeofmError, InputError, NotFoundError
 from geofm.executors import Executor, UnitTask, executor_for
@@ -31,6 +32,7 @@ from geofm.steps.discover import Discover
 from geofm.steps.embed import Embed
 from geofm.steps.preprocess import Preprocess, planned_chips
 
+log = logging.getLogger(__name__)
 STEPS: tuple[Step, ...] = (Discover(), Preprocess(), Embed(), Analyze(), Consolidate())
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 
@@ -151,6 +153,10 @@ def run_step(step: Step, cfg: PipelineConfig, executor: Executor | None = None,
         report.results += step.prepare(cfg)
         if not report.failed:
             units = step.units(cfg)
+            pruned = markers.prune(cfg.layout, step.name, {*units, *step.own_units})
+            if pruned:
+                log.info("%s: removed the outputs of %d units that no longer exist: %s", step.name,
+                         len(pruned), ", ".join(pruned[:5]) + (" ..." if len(pruned) > 5 else ""))
             progress.start(step.name, len(units))
             done = []
 

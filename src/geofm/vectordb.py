@@ -70,6 +70,14 @@ def open_table(db_uri: str, table: str = DEFAULT_TABLE) -> Any:
     return db.open_table(table)
 
 
+def table_rows(db_uri: str, table: str = DEFAULT_TABLE) -> int | None:
+    """Rows in the table, or None when there is no such table (or it cannot be read)."""
+    try:
+        return int(open_table(db_uri, table).count_rows())
+    except Exception:  # no database, no table, a broken one: "not there" to the caller
+        return None
+
+
 def ivf_partitions(n_rows: int) -> int:
     """IVF partitions: sqrt(n) / 4 (fewer, larger partitions than the usual sqrt(n), so k-means
     training stays within minutes on a 2-core machine and ``nprobes`` covers more of the data)."""

@@ -60,7 +60,8 @@ def test_ray_run_with_one_unreadable_scene(ray_cluster: RayTestCluster, synth_sc
     assert steps["consolidate"]["failed"] == 0 and steps["consolidate"]["done"] > 0
     preprocess = next(r for r in record["reports"] if r["step"] == "preprocess")
     (failed,) = [r for r in preprocess["results"] if r["status"] == "failed"]
-    assert failed["unit"] == bad and failed["attempts"] == 2  # retried once, then recorded
+    # an unreadable COG is an input error: recorded at once, not retried (the same bytes fail the same way)
+    assert failed["unit"] == bad and failed["attempts"] == 1 and failed["error_kind"] == "input"
     assert "B04-garbage.tif" in failed["error"] or "red" in failed["error"], failed["error"]
     embedded = next(r for r in record["reports"] if r["step"] == "embed")
     assert sorted(r["unit"] for r in embedded["results"]) == sorted(good)

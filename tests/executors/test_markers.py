@@ -171,4 +171,4 @@ def test_process_pool_runs_units_and_isolates_failures(tmp_path: Path, workers: 
     report = run_step(Cut(), cfg)
     assert [r.unit for r in report.results] == ["a", "bad", "c"]  # unit order, whatever the completion order
     assert report.count("done") == 2 and report.count("failed") == 1 and not report.ok
-    assert sorted(markers.fingerprints(cfg.layout, Cut.name)) == ["a", "c"]
+    assert sorted(markers.identities(cfg.layout, Cut.name)) == ["a", "c"]

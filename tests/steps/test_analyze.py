@@ -29,7 +29,8 @@ def test_planted_change_detected_and_localised(hand_embeddings):
     cfg = hand_embeddings.cfg()
     report = run_step(cfg, "analyze")
     assert report.ok, report.summary()
-    assert report.results[0].unit == "pca" and report.count("done") == 1 + 6  # the PCA, then each chip
+    # the chip ids and the PCA, then each chip
+    assert [r.unit for r in report.results[:2]] == ["chip-ids", "pca"] and report.count("done") == 2 + 6
     lay = hand_embeddings.layout
     changed = _processed(lay, CHANGE_CHIP)
     assert list(changed["date"].dt.date) == DATES
@@ -87,8 +88,9 @@ def test_pca_same_whichever_partition_projects_a_chip(tmp_path):
     data = write_hand_embeddings(str(tmp_path))
     cfg = data.cfg()
     step = Analyze()
-    (fitted,) = step.prepare(cfg)  # the global PCA, once, before any chip
-    assert fitted.unit == "pca" and fitted.status == "done"
+    chip_ids, fitted = step.prepare(cfg)  # the chip ids and the global PCA, once, before any chip
+    assert (chip_ids.unit, fitted.unit) == ("chip-ids", "pca") and fitted.status == "done"
+    assert chip_ids.info["chips"] == 6
     model = load_pca(data.layout.reducer_model("pca"))
     assert model.sample_size > 2 and model.kind == "patch"
     units = step.units(cfg)
@@ -107,7 +109,7 @@ def test_pca_same_whichever_partition_projects_a_chip(tmp_path):
     embs = np.stack([analyze.load_embedding(u).ravel() for u in rows["s3_location_patch_emb"]])
     np.testing.assert_allclose(values[0], model.transform(embs), rtol=1e-10)
     # refitting from scratch (another run) gives the identical model: seeded global sample
-    (refitted,) = step.prepare(cfg.model_copy(update={"force": True}))
+    _, refitted = step.prepare(cfg.model_copy(update={"force": True}))
     assert refitted.status == "done"
     again = load_pca(data.layout.reducer_model("pca"))
     np.testing.assert_array_equal(again.components, model.components)
@@ -139,7 +141,8 @@ def test_rerun_skips_and_keeps_rows(hand_embeddings):
     assert run_step(cfg, "analyze").ok
     before = sum(len(_processed(hand_embeddings.layout, c)) for c in hand_embeddings.chips)
     again = run_step(cfg, "analyze")
-    assert again.count("skipped") == 1 + 6 and again.count("done") == 0  # the PCA and every chip
+    # the chip ids, the PCA and every chip
+    assert again.count("skipped") == 2 + 6 and again.count("done") == 0
     assert sum(len(_processed(hand_embeddings.layout, c)) for c in hand_embeddings.chips) == before == 33  # 36 - 1 not embedded - 2 over the limits
 
 
@@ -167,7 +170,7 @@ def test_bad_inputs(tmp_path, hand_embeddings):
     with pytest.raises(NotFoundError, match="PCA model not found"):
         load_pca(str(tmp_path / "missing.npz"))
     # a PCA fitted on another embedding kind is refused by the units
-    assert [r.status for r in Analyze().prepare(strict)] == ["done"]
+    assert [r.status for r in Analyze().prepare(strict)] == ["done", "done"]
     result = UnitTask(Analyze(), hand_embeddings.cfg())(f"{GRID}/{CHANGE_CHIP}")
     assert result.status == "failed" and result.error_kind == "input"
     assert "fitted on 'cls' embeddings, not 'patch'" in result.error
@@ -186,7 +189,8 @@ def test_analysis_reruns_when_step_2_embeds_a_new_date_or_redoes_a_scene(hand_em
 
     markers.write(lay, finished)  # now it has
     report = run_step(cfg, "analyze")
-    assert report.ok and report.count("done") == 1 + 6 and report.count("skipped") == 0
+    # the same chips (their ids kept), a new PCA and every chip redone
+    assert report.ok and report.count("done") == 1 + 6 and report.count("skipped") == 1
     assert list(_processed(lay, CHANGE_CHIP)["date"].dt.date) == DATES
     assert run_step(cfg, "analyze").count("done") == 0
 
@@ -194,5 +198,5 @@ def test_analysis_reruns_when_step_2_embeds_a_new_date_or_redoes_a_scene(hand_em
     # read a row of that scene (42_30 does not: its last date is over the missing-data limit)
     markers.write(lay, markers.Marker("embed", late, "redone", finished.outputs))
     report = run_step(cfg, "analyze")
-    assert {r.unit for r in report.results if r.status == "skipped"} == {f"{GRID}/{cid(2, 0)}"}
+    assert {r.unit for r in report.results if r.status == "skipped"} == {"chip-ids", f"{GRID}/{cid(2, 0)}"}
     assert report.count("done") == 1 + 5

@@ -44,7 +44,8 @@ class UnitTask:
         """One attempt: fingerprint the unit, then skip it or do it (markers.run)."""
         step, cfg = self.step, self.cfg
         fp = markers.fingerprint(step.name, step.param_values(cfg), step.inputs(cfg, unit))
-        return markers.run(cfg.layout, step.name, unit, fp, lambda: step.process(cfg, unit), force=cfg.force)
+        return markers.run(cfg.layout, step.name, unit, fp, lambda: step.process(cfg, unit),
+                           force=cfg.force or not step.cacheable)
 
     def __call__(self, unit: str) -> UnitResult:
         """Run ``unit`` with ``cfg.retries`` retries; failures come back as a failed result. Input and

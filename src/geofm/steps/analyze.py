@@ -30,14 +30,16 @@ from geofm.reduce import PCAModel, fit_pca, load_pca, save_pca
 from geofm.report import UnitResult
 from geofm.steps.base import Step, UnitOutput
 
-EMBED_ID = "embed_id"  # analyze_rows only: fingerprint of the step-2 unit that embedded the row's scene
+EMBED_ID = "embed_id"  # analyze_rows only: identity of the step-2 unit that embedded the row's scene
 PCA_UNIT = "pca"
+CHIP_IDS_UNIT = "chip-ids"
 log = logging.getLogger(__name__)
 
 
 # ---- listing and reading -------------------------------------------------------------------------
 def chip_units(cfg: PipelineConfig) -> list[str]:
-    """``"<grid>/<chip_id>"`` for every chip id file written by step 2, sorted."""
+    """``"<grid>/<chip_id>"`` for every chip id file (``unique-chip-ids/``, written by
+    :meth:`Analyze.prepare` from the embedded chips), sorted."""
     lay = cfg.layout
     out = []
     for grid in storage.list_folders(lay.unique_chip_ids_root):
@@ -60,7 +62,7 @@ def read_all_meta(cfg: PipelineConfig) -> gpd.GeoDataFrame:
     """The chip meta of every scene that step 2 finished, in one frame, with the fingerprint of the
     step-2 unit that wrote it (``embed_id``)."""
     lay = cfg.layout
-    embedded = markers.fingerprints(lay, "embed")
+    embedded = markers.identities(lay, "embed")
     frames = []
     for scene_id in lay.meta_scene_ids():
         if scene_id in embedded:
@@ -259,12 +261,19 @@ class Analyze(Step):
                                          "baseline", "baseline_max_cloud", "analyze_max_cloud",
                                          "analyze_max_missing", "patch_change_threshold")
 
+    own_units: ClassVar[tuple[str, ...]] = (CHIP_IDS_UNIT, PCA_UNIT)
+
     def prepare(self, cfg: PipelineConfig) -> list[UnitResult]:
-        """Write the selected rows, then fit (or keep) the global PCA: a resumable unit of its own,
-        whose inputs are the rows' embedding files and the step-2 units that wrote them."""
+        """Before the units, three pieces of work from every embedded chip meta: the chip id files
+        (``unique-chip-ids/``, the units) and the global PCA, each a resumable unit of its own, and the
+        selected rows (``analyze_rows``, the input of every unit)."""
         lay = cfg.layout
+        results = []
         try:
-            rows = select_rows(read_all_meta(cfg), cfg)
+            meta = read_all_meta(cfg)
+            status, info = self._write_chip_ids(cfg, meta)
+            results.append(UnitResult(CHIP_IDS_UNIT, status, info=info))
+            rows = select_rows(meta, cfg)
             if rows.empty:
                 raise InputError(
                     f"no embedded chip passes the limits (analyze_max_cloud={cfg.analyze_max_cloud}, "
@@ -282,9 +291,28 @@ class Analyze(Step):
             fp = markers.fingerprint(self.name, self.param_values(cfg), {"rows": pca_inputs(rows, cfg)})
             status, info = markers.run(lay, self.name, PCA_UNIT, fp, fit, force=cfg.force)
         except (InputError, NotFoundError) as exc:
-            return [UnitResult(PCA_UNIT, "failed", error=f"{type(exc).__name__}: {exc}",
-                               error_kind="input" if isinstance(exc, InputError) else "not-found")]
-        return [UnitResult(PCA_UNIT, status, info=info)]
+            return [*results, UnitResult(PCA_UNIT, "failed", error=f"{type(exc).__name__}: {exc}",
+                                         error_kind="input" if isinstance(exc, InputError) else "not-found")]
+        return [*results, UnitResult(PCA_UNIT, status, info=info)]
+
+    def _write_chip_ids(self, cfg: PipelineConfig, meta: pd.DataFrame) -> tuple[str, dict[str, Any]]:
+        """One file per chip that step 2 embedded on any date (the spec's ``unique-chip-ids``); ids
+        of chips no longer made are removed with the unit's stale outputs."""
+        lay = cfg.layout
+        ok = meta["embedding_status"].fillna("ok") == "ok" if "embedding_status" in meta else True
+        chips = meta.loc[ok, ["mgrs_grid", "x_dim", "y_dim", "chip_id"]].drop_duplicates()
+        chips = chips.sort_values(["mgrs_grid", "y_dim", "x_dim"]).itertuples(index=False)
+        ids = [(str(g), int(x), int(y), str(c)) for g, x, y, c in chips]
+
+        def write() -> UnitOutput:
+            urls = []
+            for grid, x, y, chip_id in ids:
+                urls.append(lay.unique_chip_id(grid, x, y))
+                storage.write_text(urls[-1], chip_id)
+            return UnitOutput(urls, {"chips": len(ids)})
+
+        fp = markers.fingerprint(f"{self.name}/{CHIP_IDS_UNIT}", {}, [list(i) for i in ids])
+        return markers.run(lay, self.name, CHIP_IDS_UNIT, fp, write, force=cfg.force)
 
     def units(self, cfg: PipelineConfig) -> list[str]:
         return chip_units(cfg)

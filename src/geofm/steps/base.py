@@ -19,10 +19,12 @@ from geofm.report import StepReport, UnitResult
 
 @dataclass
 class UnitOutput:
-    """What one unit of work wrote (URLs, recorded in its marker and checked on rerun) and a summary."""
+    """What one unit of work wrote (URLs, recorded in its marker and checked on rerun) and a summary;
+    ``complete=False`` when part of it failed (e.g. one unreadable chip): the unit is redone next run."""
 
     outputs: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
 
 
 class Step(ABC):
@@ -33,6 +35,10 @@ class Step(ABC):
     params: ClassVar[tuple[str, ...]]
     #: units run in long-lived workers that hold a model (one per device), not in a pool of processes
     model_worker: ClassVar[bool] = False
+    #: False for a step whose inputs can change unseen (a STAC search): its units are always redone
+    cacheable: ClassVar[bool] = True
+    #: marker names of the work ``prepare``/``finish`` do, besides the units (kept when pruning)
+    own_units: ClassVar[tuple[str, ...]] = ()
 
     def check(self, cfg: PipelineConfig) -> None:
         """Raise an :class:`~geofm.errors.InputError` for what can be checked before any work."""

@@ -260,11 +260,17 @@ class Consolidate(Step):
                                          "change_threshold_medium", "patch_change_threshold")
     vector_params: ClassVar[tuple[str, ...]] = ("vector_index_min_rows", "vector_index_type")
 
+    own_units: ClassVar[tuple[str, ...]] = (VECTOR_DB_UNIT,)
+
     def units(self, cfg: PipelineConfig) -> list[str]:
-        return grid_units(cfg)
+        grids = grid_units(cfg)
+        if not grids:
+            raise NotFoundError(f"no processed embeddings under {cfg.layout.processed_embeddings_root}: "
+                                "run analyze first")
+        return grids
 
     def inputs(self, cfg: PipelineConfig, unit: str) -> Any:
-        return {"chips": markers.fingerprints(cfg.layout, "analyze", prefix=f"{unit}/"),
+        return {"chips": markers.identities(cfg.layout, "analyze", prefix=f"{unit}/"),
                 "aoi": aoi_identity(cfg.aoi_url)}
 
     def process(self, cfg: PipelineConfig, unit: str) -> UnitOutput:
@@ -285,8 +291,11 @@ class Consolidate(Step):
         def load() -> UnitOutput:
             return UnitOutput([table_dir], load_vector_db(cfg, grids))
 
-        try:
-            status, info = markers.run(lay, self.name, VECTOR_DB_UNIT, fp, load, force=cfg.force)
+        try:  # the table's "outputs exist": it still holds the rows loaded last (nobody deleted some)
+            done = markers.read(lay, self.name, VECTOR_DB_UNIT)
+            intact = done is not None and vectordb.table_rows(lay.lance_db) == done.info.get("rows")
+            status, info = markers.run(lay, self.name, VECTOR_DB_UNIT, fp, load,
+                                       force=cfg.force or not intact)
         except Exception as exc:  # recorded like a failed unit; the files above stay
             return [UnitResult(VECTOR_DB_UNIT, "failed", error=f"{type(exc).__name__}: {exc}")]
         return [UnitResult(VECTOR_DB_UNIT, status, info=info)]

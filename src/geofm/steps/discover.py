@@ -18,9 +18,12 @@ UNIT = "search"
 
 
 class Discover(Step):
-    """One STAC search; its outputs are the item JSONs and the AOI of the input layout."""
+    """One STAC search; its outputs are the item JSONs and the AOI of the input layout. Always redone:
+    the catalog grows (a monitoring run finds the scenes published since); rewriting an item with the
+    same content redoes nothing downstream (step 1 keys on the item's content)."""
 
     name: ClassVar[str] = "discover"
+    cacheable: ClassVar[bool] = False
     params: ClassVar[tuple[str, ...]] = ("start_date", "end_date", "stac_url", "collection",
                                          "max_cloud_cover", "grid_id", "max_items")
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from geofm import geoparquet, markers, netcdf, storage
 from geofm.config import PipelineConfig
-from geofm.errors import ConfigError, ModelError, SceneError
+from geofm.errors import ConfigError, ModelError, NotFoundError, SceneError
 from geofm.layout import Layout
 from geofm.models import spectral
 from geofm.models.registry import Embedder, ModelSpec, check_weights, get_model_spec, load_embedder
@@ -175,12 +175,6 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
 
     if todo and STATUS_OK not in status:  # nothing embedded: the scene failed, say why
         raise SceneError(f"scene {scene_id}: no chip could be embedded ({first_error})")
-    for i in range(n):
-        if status[i] == STATUS_OK:
-            grid, x, y = meta.at[i, "mgrs_grid"], int(meta.at[i, "x_dim"]), int(meta.at[i, "y_dim"])
-            url = layout.unique_chip_id(grid, x, y)
-            if not storage.exists(url):
-                storage.write_text(url, str(meta.at[i, "chip_id"]))
 
     dates = pd.to_datetime(meta["date"]) if n else pd.Series([], dtype="datetime64[ns]")
     meta["year"] = dates.dt.year.astype("Int64") if n else pd.Series([], dtype="Int64")
@@ -192,7 +186,8 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
     meta["embedding_status"] = pd.Series(status, dtype=object)
     write_meta(meta_url, meta)
     files = [u for u in (*cls_urls, *patch_urls) if u is not None]
-    return UnitOutput([*files, meta_url], {
+    # a chip that could not be read leaves the scene incomplete: redone on the next run
+    return UnitOutput([*files, meta_url], complete=STATUS_FAILED not in status, info={
         "embedded": status.count(STATUS_OK),
         "skipped_missing": status.count(STATUS_MISSING),
         "skipped_cloud": status.count(STATUS_CLOUD),
@@ -219,7 +214,10 @@ class Embed(Step):
 
     def units(self, cfg: PipelineConfig) -> list[str]:
         """Scene ids that have a chip meta file (written by step 1), sorted."""
-        return cfg.layout.meta_scene_ids()
+        scenes = cfg.layout.meta_scene_ids()
+        if not scenes:
+            raise NotFoundError(f"no chip meta in {cfg.layout.meta_dir}: run preprocess first")
+        return scenes
 
     def inputs(self, cfg: PipelineConfig, unit: str) -> Any:
         return {"preprocess": markers.upstream(cfg.layout, "preprocess", unit)}
