@@ -69,7 +69,7 @@ def test_writes_files_and_meta_columns(spectral_run: tuple[PipelineConfig, list[
         assert (meta["year"] == 2023).all()
         assert set(meta["month"]) == {int(sid.split("_")[2][4:6])}
         ok = meta[meta["embedding_status"] == "ok"]
-        for chip_id, row in ok.iterrows():
+        for _, row in ok.iterrows():
             cls, patch = _load(row["s3_location_cls_emb"]), _load(row["s3_location_patch_emb"])
             assert cls.shape == (32,) and patch.shape == ((CHIP // 8) ** 2, 32)
             assert cls.dtype == np.float32 and np.isfinite(patch).all()
