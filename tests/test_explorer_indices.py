@@ -19,36 +19,16 @@ from pathlib import Path
 
 import morecantile
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
-from rasterio.transform import from_origin
 
-from fixtures.explorer_output import CHIP, GRID, GSD, N_CHIPS, X0, Y0, _cover
+from fixtures.explorer_chips import CHIP, NODATA_CHIP, colour, copy_output, expected, write_chip
+from fixtures.explorer_output import GRID
 from fixtures.explorer_server import explorer_server
 from geofm import indices, sentinel2
-from geofm.chips import ChipGrid
-from geofm.layout import Layout
-from geofm.steps.preprocess import chip_dataset, netcdf_bytes
 
 pytestmark = pytest.mark.slow
 TMS = morecantile.tms.get("WebMercatorQuad")
-BANDS = ["blue", "green", "red", "nir", "swir22"]  # no swir16: MNDWI and NDBI cannot be drawn
-DN = {  # harmonised DN of each cover in BANDS order
-    "water": (900, 500, 300, 100, 20),
-    "forest": (300, 1200, 300, 3000, 700),
-    "cleared": (1500, 2100, 2700, 2400, 2800),
-}
-NODATA_CHIP = "3_3"  # its top-left 8 x 8 pixels are nodata
-
-
-def expected(index: indices.SpectralIndex, cover: str) -> float:
-    v = dict(zip(BANDS, DN[cover], strict=True))
-    return (v[index.a] - v[index.b]) / (v[index.a] + v[index.b])
-
-
-def colour(index: indices.SpectralIndex, value: float) -> tuple[int, ...]:
-    return tuple(int(c) for c in indices.colourize(index, np.array([value]))[0])
 
 
 def _png(reply) -> np.ndarray:
@@ -57,43 +37,14 @@ def _png(reply) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(reply.body)).convert("RGBA"))
 
 
-def write_chip(lay: Layout, scene_id: str, t: int, x: int, y: int, values: dict[str, float] | None = None) -> str:
-    """The chip NetCDF of chip x_y at date index t with the covers' DN (or ``values`` everywhere)."""
-    grid = ChipGrid(from_origin(X0, Y0, GSD, GSD), N_CHIPS * CHIP, N_CHIPS * CHIP,
-                    f"EPSG:{sentinel2.utm_epsg(GRID)}", CHIP)
-    chip = grid.chip(x, y)
-    data = {}
-    for i, b in enumerate(BANDS):
-        arr = np.empty((CHIP, CHIP), np.float32)
-        for half in (0, 1):
-            cover = _cover(x, y, t, left_half=half == 0)
-            arr[:, half * CHIP // 2:(half + 1) * CHIP // 2] = values[b] if values else DN[cover][i]
-        if chip.chip_id == NODATA_CHIP:
-            arr[:8, :8] = np.nan
-        data[b] = arr
-    data[sentinel2.SCL_NAME] = np.full((CHIP, CHIP), 4, np.uint8)
-    when = pd.Timestamp(f"{sentinel2.parse_scene_id(scene_id).date}T14:30:00", tz="UTC")
-    attrs = {"scene_id": scene_id, "mgrs_grid": GRID, "chip_id": chip.chip_id, "x_dim": x, "y_dim": y,
-             "chip_size": CHIP, "gsd": float(GSD), "crs": grid.crs, "bands": BANDS}
-    url = lay.raw_chip(scene_id, CHIP, x, y)
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    Path(url).write_bytes(netcdf_bytes(chip_dataset(data, BANDS, grid, chip, attrs, when)))
-    return url
-
-
 @pytest.fixture(scope="module")
-def chipped(explorer_output, tmp_path_factory):
-    """A copy of the explorer output whose hand AOI has chip NetCDFs, one of them (chip 1_0 on the last
-    date) a symlink to a chip outside the root, and one (chip 1_1 on the last date) a FIFO."""
+def chipped(indexed_output, tmp_path_factory):
+    """A copy of the indexed output whose chip 1_0 on the last date is a symlink to a chip outside the
+    root, and chip 1_1 on the last date a FIFO."""
     base = tmp_path_factory.mktemp("indices")
     root = base / "out"
-    shutil.copytree(explorer_output.root, root, symlinks=True)
-    hand = explorer_output.hand
-    lay = Layout(str(root), hand.aoi)
-    for t, sid in enumerate(hand.scene_ids):
-        for y in range(N_CHIPS):
-            for x in range(N_CHIPS):
-                write_chip(lay, sid, t, x, y)
+    hand = indexed_output.hand
+    lay = copy_output(indexed_output.root, root, hand)
     outside = base / "outside"
     outside.mkdir()
     last = hand.scene_ids[-1]
@@ -103,7 +54,8 @@ def chipped(explorer_output, tmp_path_factory):
     fifo = Path(lay.raw_chip(last, CHIP, 1, 1))
     fifo.unlink()
     os.mkfifo(fifo)
-    yield {"root": root, "outside": outside, "hand": hand, "layout": lay, "fifo": fifo}
+    yield {"root": root, "outside": outside, "hand": hand, "layout": lay, "fifo": fifo,
+           "sources": [indexed_output.root]}
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +196,20 @@ def test_bad_parameters_answer_4xx_naming_the_input(server, chipped):
         assert named in reply.text, (path, reply.text[:300])
 
 
+def test_hostile_names_answer_4xx(server, chipped):
+    d0 = chipped["hand"].dates[0]
+    routes = [f"/api/aois/{{}}/grids/{GRID}/chips/0_0/indices/ndvi.png?date={d0}",
+              f"/api/aois/{{}}/grids/{GRID}/indices/ndvi/tiles/15/1/1.png?date={d0}",
+              f"/api/aois/hand/grids/{GRID}/chips/{{}}/indices/ndvi.png?date={d0}",
+              f"/api/aois/hand/grids/{GRID}/indices/{{}}/tiles/15/1/1.png?date={d0}",
+              "/api/indices/{}/legend.png"]
+    for name in ("a" * 300, "..", "%2e%2e", "..%2F..", "a%00b", "a%01b", "a%5Cb", "ndvi%2F..", "%C3%A9" * 100):
+        for route in routes:
+            reply = server.get(route.format(name))
+            assert 400 <= reply.status < 500, (route.format(name)[:100], reply.status, reply.text[:200])
+    assert "Traceback" not in server.log
+
+
 def test_chips_out_of_the_root_and_fifos_are_never_read(server, chipped):
     hand, base = chipped["hand"], _base(chipped["hand"])
     last = hand.dates[-1]
@@ -280,7 +246,7 @@ def test_a_rewritten_chip_is_served_fresh(server, chipped):
 
 def test_no_reply_shows_a_server_path(server, chipped, explorer_output):
     secrets = {str(chipped["root"]), str(chipped["root"].resolve()), str(chipped["outside"]),
-               str(explorer_output.root)}
+               str(explorer_output.root), *map(str, chipped["sources"])}
     assert server.replies
     for reply in server.replies:
         assert reply.status != 500, reply.text[:300]

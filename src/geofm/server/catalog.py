@@ -72,6 +72,10 @@ class VersionedLRU:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
     def get(self, key: tuple[str, ...], stamp: Callable[[], Any], load: Callable[[], T], what: str) -> T:
         """The value for ``key``: cached when ``stamp()`` still matches, else ``load()`` (kept only when
         the stamp did not move while loading, so a half-rewritten output is never kept). A file that
