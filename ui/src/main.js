@@ -102,12 +102,10 @@ function wireMap(map) {
   map.on("mouseleave", "grid-fill", () => { map.getCanvas().style.cursor = ""; });
 }
 
-/** Show the split map's right side (made at first use) in step with the main map; the page's CSS shows
- * its pane in compare mode only, and the maps follow each other only then. */
-async function showSplitMap() {
-  const main = app.maps.main;
-  const sameView = () => ({ center: main.getCenter(), zoom: main.getZoom(), bearing: main.getBearing(), pitch: main.getPitch() });
-  if (!app.maps.after) {
+let afterMapMade = null; // the split map's right side, made once (a second tab click waits for the first)
+
+function makeAfterMap(main, sameView) {
+  afterMapMade ||= (async () => {
     const after = createMap("map-after", showError);
     await whenLoaded(after);
     installOverlays(after, "after");
@@ -117,9 +115,18 @@ async function showSplitMap() {
     after.jumpTo(sameView());
     app.maps.after = after;
     syncMaps(main, after, () => state.mode === "compare");
-  }
+    return after;
+  })();
+  return afterMapMade;
+}
+
+/** Show the split map's right side (made at first use) in step with the main map; the page's CSS shows
+ * its pane in compare mode only, and the maps follow each other only then. */
+async function showSplitMap() {
+  const main = app.maps.main;
+  const sameView = () => ({ center: main.getCenter(), zoom: main.getZoom(), bearing: main.getBearing(), pitch: main.getPitch() });
+  const after = await makeAfterMap(main, sameView);
   // the right side takes the main map's view first: any move of it (a resize too) is copied back
-  const after = app.maps.after;
   after.jumpTo(sameView());
   after.resize();
   after.getContainer().dataset.ready = "true";

@@ -96,10 +96,6 @@ export function setImagery(map, { aoi, grid, summary, layer, date, visible = tru
   box.dataset.imageryLayer = layer;
 }
 
-export function setImageryVisible(map, visible) {
-  if (map.getLayer(IMAGERY)) map.setLayoutProperty(IMAGERY, "visibility", visible ? "visible" : "none");
-}
-
 /** Keep two maps on the same view while `enabled()`: a move of either is copied to the other. */
 export function syncMaps(a, b, enabled = () => true) {
   let copying = false;
