@@ -141,7 +141,8 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
         return {"aoi_name": aoi, "grids": catalog.grids(aoi), "aoi_geojson": catalog.aoi_geojson(aoi)}
 
     @app.get("/api/aois/{aoi}/grids/{grid}",
-             summary="Dates, bounds, chip count, series fields, config and the imagery's useful min zoom")
+             summary="Dates (analysed, imagery, chips), bounds, chip count, series fields, config, and the "
+                     "min zooms of the imagery and index tiles")
     def get_grid(aoi: Aoi, grid: Grid) -> dict[str, Any]:
         summary = catalog.summary(aoi, grid)
         summary["imagery_minzoom"] = tiles.useful_minzoom(summary["bounds"])
