@@ -38,7 +38,7 @@ system-deps:
 
 # The explorer's front end (ui/), built by Vite into the package (src/geofm/server/static/, gitignored).
 UI_BUILT := src/geofm/server/static/index.html
-UI_SOURCES := $(wildcard ui/src/*) ui/index.html ui/package.json ui/vite.config.js $(wildcard ui/package-lock.json)
+UI_SOURCES := $(shell find ui/src -type f) ui/index.html ui/package.json ui/vite.config.js $(wildcard ui/package-lock.json)
 
 ui: $(UI_BUILT)
 

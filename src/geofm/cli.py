@@ -381,10 +381,12 @@ def serve(
         "--allow-host", help="Another name the explorer answers to in the Host header, besides localhost "
         "and the bound address (e.g. a reverse proxy's name). Repeatable.")] = None,
     render_slots: Annotated[int | None, typer.Option(
-        "--render-slots", min=1, max=64, help="Map tiles rendered at once (default: CPU cores, at most 4).")]
+        "--render-slots", min=1, max=64, help="Map tiles and index images rendered at once (default: CPU "
+        "cores, at most 4).")]
     = None,
 ) -> None:
-    """Start the explorer (web map for similarity search and change detection) and print its address."""
+    """Start the explorer (web map: similarity search, change detection, a before/after split map; true
+    colour or NDVI/NBR/NDWI from the chips; the view in the URL) and print its address."""
     from geofm import storage
     from geofm.errors import NotFoundError
     from geofm.layout import Layout

@@ -41,6 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 import xarray as xr
+from affine import Affine
 from isal import isal_zlib
 from xarray.coding.times import encode_cf_datetime
 
@@ -212,3 +213,22 @@ def read_bands(data: bytes, names: list[str], source: str) -> np.ndarray:
             return np.stack([f[n][()].astype(np.float32, copy=False) for n in names])
     with xr.open_dataset(io.BytesIO(data), engine="h5netcdf") as ds:
         return np.stack([ds[n].values.astype(np.float32) for n in names])
+
+
+def read_grid(data: bytes, source: str) -> tuple[Affine, str | None]:
+    """The pixel grid of a chip NetCDF (its bytes): the affine transform from its ``x``/``y`` pixel-centre
+    coordinates (``y`` descending) and its ``crs`` global attribute (None when absent). A file without
+    such coordinates raises ``ValueError`` naming ``source``."""
+    with h5py.File(io.BytesIO(data), "r") as f:
+        if "x" not in f or "y" not in f or f["x"].ndim != 1 or f["y"].ndim != 1:
+            raise ValueError(f"{source}: no 1-D x/y coordinates")
+        x, y = f["x"][()].astype(np.float64), f["y"][()].astype(np.float64)
+        crs = f.attrs.get("crs")
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"{source}: fewer than 2 pixels along x or y")
+    dx, dy = x[1] - x[0], y[1] - y[0]
+    if isinstance(crs, bytes | np.bytes_):
+        crs = crs.decode("utf-8", "replace")
+    elif isinstance(crs, np.ndarray):
+        crs = str(crs.reshape(-1)[0]) if crs.size else None
+    return Affine(dx, 0.0, x[0] - dx / 2, 0.0, dy, y[0] - dy / 2), (str(crs) if crs else None)

@@ -5,108 +5,25 @@ similarity search shows k thumbnails. Screenshots of each view go to ``test-arti
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import uvicorn
 
-from geofm.server import ExplorerOptions, create_app
-from geofm.server.app import STATIC_DIR
-from helpers import REPO
+from fixtures.explorer_browser import click_lonlat as _click_lonlat
+from fixtures.explorer_browser import idle as _idle
+from fixtures.explorer_browser import open_explorer as _open
+from fixtures.explorer_browser import shot as _shot
+from fixtures.explorer_browser import uvicorn_explorer
+from geofm.server import ExplorerOptions
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
-TIMEOUT_MS = 30_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def explorer_url(explorer_output) -> Iterator[str]:
     """uvicorn serving the explorer on 127.0.0.1 in a thread, stopped after the module."""
-    if not (STATIC_DIR / "index.html").is_file():
-        pytest.fail(f"the front end is not built ({STATIC_DIR}/index.html missing): run `make ui`")
-    port = _free_port()
-    app = create_app(str(explorer_output.root), ExplorerOptions(archives=(explorer_output.archive,)))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("explorer server did not start within 30 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("chromium not installed (Debian package `chromium`; `make system-deps` installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, explorer_url):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.errors = []  # uncaught page errors
-    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
-    pg.csp_violations = []  # what the explorer's Content-Security-Policy blocked
-    pg.on("console", lambda msg: pg.csp_violations.append(msg.text)
-          if "Content Security Policy" in msg.text else None)
-    yield pg
-    ctx.close()
-    assert pg.csp_violations == [], "the page broke its own Content-Security-Policy"
-
-
-def _open(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("[data-testid=map][data-ready=true]")
-    _idle(page)
-
-
-def _idle(page) -> None:
-    page.evaluate("""() => new Promise((resolve) => {
-        const m = window.geofmExplorer.map;
-        if (m.loaded() && m.areTilesLoaded()) resolve(); else m.once('idle', resolve);
-        setTimeout(resolve, 10000);
-    })""")
-
-
-def _click_lonlat(page, lon: float, lat: float) -> None:
-    x, y = page.evaluate("""([lon, lat]) => {
-        const m = window.geofmExplorer.map, p = m.project([lon, lat]);
-        const r = m.getCanvas().getBoundingClientRect();
-        return [r.left + p.x, r.top + p.y];
-    }""", [lon, lat])
-    page.mouse.click(x, y)
-
-
-def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    with uvicorn_explorer(explorer_output.root, ExplorerOptions(archives=(explorer_output.archive,))) as url:
+        yield url
 
 
 def test_map_loads_with_chip_grid(page, explorer_url, explorer_output):

@@ -60,6 +60,25 @@ export function gridBase(aoi, grid) {
   return `api/aois/${encodeURIComponent(aoi)}/grids/${encodeURIComponent(grid)}`;
 }
 
+export const TRUE_COLOUR = "true-colour";
+
 export function thumbnailUrl(aoi, grid, chipId, date) {
   return `${gridBase(aoi, grid)}/chips/${encodeURIComponent(chipId)}/thumbnail?date=${date}`;
+}
+
+/** A chip's image at a date in an imagery layer: its thumbnail (true colour) or a spectral index image. */
+export function chipImageUrl(aoi, grid, chipId, layer, date) {
+  if (layer === TRUE_COLOUR) return thumbnailUrl(aoi, grid, chipId, date);
+  return `${gridBase(aoi, grid)}/chips/${encodeURIComponent(chipId)}/indices/${encodeURIComponent(layer)}.png?date=${date}`;
+}
+
+/** The absolute {z}/{x}/{y} tile template of an imagery layer at a date (MapLibre needs absolute URLs). */
+export function tileTemplate(aoi, grid, layer, date) {
+  const base = new URL(gridBase(aoi, grid), window.location.href).href;
+  const path = layer === TRUE_COLOUR ? "tiles" : `indices/${encodeURIComponent(layer)}/tiles`;
+  return `${base}/${path}/{z}/{x}/{y}.png?date=${date}`;
+}
+
+export function legendUrl(index) {
+  return `api/indices/${encodeURIComponent(index)}/legend.png`;
 }

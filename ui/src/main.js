@@ -1,40 +1,37 @@
-// geofm explorer: a MapLibre map of the chip grid with imagery tiles, similarity search (LanceDB)
-// and change detection (cosine similarity over time, per-patch change maps, before/after).
-import maplibregl from "maplibre-gl";
-import "maplibre-gl/dist/maplibre-gl.css";
+// geofm explorer: a MapLibre map of the chip grid over imagery (true colour or a spectral index), with
+// panels for similarity search, change detection and a before/after split map. The view state lives in
+// state.js and in the URL (shareable; restored on reload and on back/forward).
+//
+// Modules: api.js (HTTP and URLs), state.js (view state <-> URL), layers.js (sources and layers as data),
+// map.js (MapLibre), panels/registry.js (the panels; similarity.js, change.js, compare.js), chart.js.
 import "./style.css";
-import { getJSON, gridBase, onLoadingChange, thumbnailUrl } from "./api.js";
-import { drawChart } from "./chart.js";
-import { DAY_MS } from "./stats.js";
+import { ApiError, TRUE_COLOUR, getJSON, gridBase, legendUrl, onLoadingChange } from "./api.js";
+import { $, fillSelect, nearestDate } from "./dom.js";
+import { EMPTY_FC, IMAGERY_LAYERS, imageryLayer, layerDates, layerMinzoom, setIndices } from "./layers.js";
+import {
+  applyOverlayVisibility, createMap, fitTo, installOverlays, probeBasemap, setBasemap, setImagery, syncMaps,
+  whenLoaded,
+} from "./map.js";
+import { allPanels, panelFor } from "./panels/registry.js";
+import "./panels/similarity.js";
+import "./panels/change.js";
+import "./panels/compare.js";
+import { commit, commitView, parseQuery, state, whileRestoring } from "./state.js";
 
-const $ = (id) => document.getElementById(id);
-const EMPTY_FC = { type: "FeatureCollection", features: [] };
-const BASEMAP_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
-const INTENSITY_COLOURS = ["match", ["get", "change_intensity"], "High", "#d7191c", "Medium", "#fdae61", "#1a9641"];
-const FIELD_LABELS = { cosine_sim: "cosine similarity to baseline" };
-// Legend swatches in the layer's colours (set through the DOM: the page's CSP allows no inline styles).
-for (const swatch of document.querySelectorAll("#legend i[data-level]")) {
-  const at = INTENSITY_COLOURS.indexOf(swatch.dataset.level);
-  swatch.style.background = at > 1 ? INTENSITY_COLOURS[at + 1] : INTENSITY_COLOURS.at(-1);
-}
-
-const state = {
-  aoi: null, grid: null, summary: null, mode: "similarity", chip: null, series: null,
-  seriesCache: new Map(), gridFeatures: new Map(), pickedDate: null, lastResults: [], imageryGrid: null,
+// What the page holds besides the view state: the open grid's data and the maps.
+const app = {
+  aois: [], summary: null, series: null, seriesCache: new Map(), gridFeatures: new Map(),
+  maps: { main: null, after: null }, overlayData: new Map(), restored: 0,
 };
 
 // ---- errors and loading ----------------------------------------------------------------------
 function showError(message) {
   const box = $("error");
-  box.textContent = message;
+  box.textContent = box.hidden ? message : `${box.textContent}\n${message}`;
   box.hidden = false;
   console.error(message);
 }
-function clearError() {
-  $("error").hidden = true;
-  $("error").textContent = "";
-}
-$("error").addEventListener("click", clearError);
+$("error").addEventListener("click", () => { $("error").hidden = true; $("error").textContent = ""; });
 onLoadingChange((busy) => {
   $("loading").hidden = !busy;
   document.body.dataset.loading = busy ? "true" : "false";
@@ -48,386 +45,355 @@ async function guarded(fn) {
   }
 }
 
-// ---- map -------------------------------------------------------------------------------------
-let map;
-try {
-  map = new maplibregl.Map({
-    container: "map",
-    style: { version: 8, sources: {}, layers: [{ id: "background", type: "background", paint: { "background-color": "#1d2330" } }] },
-    center: [0, 0], zoom: 1, attributionControl: { compact: true },
+// ---- maps --------------------------------------------------------------------------------------
+const maps = () => Object.entries(app.maps).filter(([, m]) => m);
+
+/** Set a GeoJSON overlay source on every map that carries it (and on maps made later). */
+function setOverlayData(source, data) {
+  app.overlayData.set(source, data);
+  for (const [, m] of maps()) if (m.getSource(source)) m.getSource(source).setData(data);
+}
+
+function refreshOverlays() {
+  for (const [name, m] of maps()) applyOverlayVisibility(m, name, state, ctx);
+}
+
+function refreshImagery() {
+  if (!app.summary) return;
+  const common = { aoi: state.aoi, grid: state.grid, summary: app.summary, layer: state.layer,
+    visible: $("toggle-imagery").checked };
+  const compare = state.mode === "compare";
+  setImagery(app.maps.main, { ...common, date: compare ? state.before : state.date });
+  if (compare && app.maps.after) setImagery(app.maps.after, { ...common, date: state.after });
+  $("label-main").textContent = compare ? `before · ${state.before}` : "";
+  $("label-after").textContent = compare ? `after · ${state.after}` : "";
+  updateLegend();
+}
+
+function updateLegend() {
+  const layer = imageryLayer(state.layer);
+  const box = $("index-legend");
+  box.hidden = !(layer && layer.index);
+  if (box.hidden) return;
+  const { index } = layer;
+  box.dataset.index = layer.id;
+  $("legend-label").textContent = `${index.label} = ${index.formula}`;
+  $("legend-label").title = index.title;
+  if (!$("legend-ramp").src.endsWith(legendUrl(layer.id))) $("legend-ramp").src = legendUrl(layer.id);
+  $("legend-min").textContent = String(index.vmin);
+  $("legend-max").textContent = String(index.vmax);
+  const minzoom = app.summary ? layerMinzoom(app.summary, layer.id) : 0;
+  const tooFar = app.maps.main && app.maps.main.getZoom() < minzoom;
+  $("legend-hint").hidden = !tooFar;
+  $("legend-hint").textContent = `zoom in to see ${index.label} (from zoom ${minzoom})`;
+}
+
+function fitBounds(bounds, options) {
+  fitTo(app.maps.main, bounds, options);
+}
+
+function wireMap(map) {
+  map.on("click", "grid-fill", (e) => {
+    if (e.features && e.features.length) {
+      guarded(async () => { await selectChip(e.features[0].properties.chip_id); commit(); });
+    }
   });
-  map.addControl(new maplibregl.NavigationControl(), "top-right");
-  map.addControl(new maplibregl.ScaleControl(), "bottom-left");
-  map.on("error", (e) => {
-    const src = e.sourceId || (e.source && e.source.id);
-    if (src === "basemap") return; // the online base map is optional
-    if (src === "imagery" && e.error && e.error.status === 503) return; // render slots busy: shown on the next move
-    showError(`map: ${e.error ? e.error.message : "error"}${src ? ` (layer ${src})` : ""}`);
-  });
-} catch (err) {
-  showError(`the map cannot start (WebGL unavailable?): ${err.message}`);
-}
-window.geofmExplorer = { state, get map() { return map; } };
-
-function setGeoJSON(id, data) {
-  const src = map.getSource(id);
-  if (src) src.setData(data);
-  else map.addSource(id, { type: "geojson", data });
+  map.on("mouseenter", "grid-fill", () => { map.getCanvas().style.cursor = "pointer"; });
+  map.on("mouseleave", "grid-fill", () => { map.getCanvas().style.cursor = ""; });
 }
 
-function tileUrl(date) {
-  return `${new URL(gridBase(state.aoi, state.grid), window.location.href).href}/tiles/{z}/{x}/{y}.png?date=${date}`;
+let afterMapMade = null; // the split map's right side, made once (a second tab click waits for the first)
+
+function makeAfterMap(main, sameView) {
+  afterMapMade ||= (async () => {
+    const after = createMap("map-after", showError);
+    await whenLoaded(after);
+    installOverlays(after, "after");
+    for (const [source, data] of app.overlayData) if (after.getSource(source)) after.getSource(source).setData(data);
+    wireMap(after);
+    if ($("toggle-basemap").checked) setBasemap(after, true);
+    after.jumpTo(sameView());
+    app.maps.after = after;
+    syncMaps(main, after, () => state.mode === "compare");
+    return after;
+  })();
+  return afterMapMade;
 }
 
-function ensureLayers() {
-  for (const id of ["grid", "change", "results", "selected"]) if (!map.getSource(id)) setGeoJSON(id, EMPTY_FC);
-  const add = (layer) => { if (!map.getLayer(layer.id)) map.addLayer(layer); };
-  add({ id: "change-fill", type: "fill", source: "change", paint: { "fill-color": INTENSITY_COLOURS, "fill-opacity": 0.45 } });
-  add({ id: "grid-fill", type: "fill", source: "grid", paint: { "fill-color": "#ffffff", "fill-opacity": 0.01 } });
-  add({ id: "grid-line", type: "line", source: "grid", paint: { "line-color": "#ffd400", "line-width": 1 } });
-  add({ id: "results-line", type: "line", source: "results", paint: { "line-color": "#ffffff", "line-width": 2.5 } });
-  add({ id: "selected-line", type: "line", source: "selected", paint: { "line-color": "#00e5ff", "line-width": 3.5 } });
+/** Show the split map's right side (made at first use) in step with the main map; the page's CSS shows
+ * its pane in compare mode only, and the maps follow each other only then. */
+async function showSplitMap() {
+  const main = app.maps.main;
+  const sameView = () => ({ center: main.getCenter(), zoom: main.getZoom(), bearing: main.getBearing(), pitch: main.getPitch() });
+  const after = await makeAfterMap(main, sameView);
+  // the right side takes the main map's view first: any move of it (a resize too) is copied back
+  after.jumpTo(sameView());
+  after.resize();
+  after.getContainer().dataset.ready = "true";
+  refreshOverlays();
+  refreshImagery();
 }
 
-// The imagery source of the open grid: its bounds and the server's useful min zoom keep the map from
-// asking for tiles that would show the data as a few pixels (the server answers those empty anyway).
-function setImagery(date) {
-  if (!date) return;
-  const tiles = [tileUrl(date)];
-  const { bounds, imagery_minzoom: minzoom = 0 } = state.summary;
-  const grid = `${state.aoi}/${state.grid}`;
-  if (map.getSource("imagery") && state.imageryGrid === grid) {
-    map.getSource("imagery").setTiles(tiles);
-  } else {
-    if (map.getLayer("imagery")) map.removeLayer("imagery");
-    if (map.getSource("imagery")) map.removeSource("imagery");
-    map.addSource("imagery", { type: "raster", tiles, tileSize: 256, bounds, minzoom, maxzoom: 18 });
-    map.addLayer({ id: "imagery", type: "raster", source: "imagery" }, "change-fill");
-    state.imageryGrid = grid;
+// ---- view state ----------------------------------------------------------------------------------
+function headerDates() {
+  const dates = layerDates(app.summary, state.layer);
+  fillSelect($("date-select"), dates, state.date);
+  $("date-select").disabled = state.mode === "compare";
+  $("date-select").title = state.mode === "compare" ? "the split map's dates are chosen in its panel" : "";
+}
+
+/** The map's imagery date (from the change chart, or the header). */
+function setDate(date) {
+  state.date = date;
+  $("date-select").value = date;
+  refreshImagery();
+}
+
+/** Default before/after dates (baseline or first, and last) where unset or not shown by the layer. */
+function ensureBeforeAfter(baseline) {
+  const dates = layerDates(app.summary, state.layer);
+  if (!dates.includes(state.before)) state.before = baseline && dates.includes(baseline) ? baseline : dates[0];
+  if (!dates.includes(state.after)) state.after = dates[dates.length - 1];
+}
+
+/** The imagery layer or a date changed: the maps and the panels follow. */
+function viewChanged() {
+  headerDates();
+  refreshImagery();
+  for (const p of allPanels()) p.view?.(ctx);
+}
+
+async function setMode(mode) {
+  const panel = panelFor(mode) || panelFor("similarity");
+  const previous = panelFor(state.mode);
+  if (previous && previous !== panel && document.body.dataset.mode) await previous.leave?.(ctx);
+  state.mode = panel.mode;
+  for (const p of allPanels()) {
+    $(`tab-${p.mode}`).classList.toggle("active", p === panel);
+    $(p.section).hidden = p !== panel;
   }
-  map.setLayoutProperty("imagery", "visibility", $("toggle-imagery").checked ? "visible" : "none");
-  $("map").dataset.imageryDate = date;
+  document.body.dataset.mode = panel.mode; // the page's layout (one map or two) follows
+  for (const [, m] of maps()) m.resize();
+  headerDates();
+  refreshOverlays();
+  refreshImagery();
+  await panel.enter?.(ctx);
 }
 
-function applyVisibility() {
-  if (!map.getLayer("change-fill")) return;
-  const vis = (on) => (on ? "visible" : "none");
-  map.setLayoutProperty("change-fill", "visibility", vis(state.mode === "change" && $("toggle-change").checked));
-  map.setLayoutProperty("results-line", "visibility", vis(state.mode === "similarity" && $("show-results").checked));
-  if (map.getLayer("patch-map")) {
-    map.setLayoutProperty("patch-map", "visibility", vis(state.mode === "change" && $("toggle-patch-map").checked));
-  }
-  if (map.getLayer("imagery")) map.setLayoutProperty("imagery", "visibility", vis($("toggle-imagery").checked));
-}
-
-// Online base map, only when its tiles can be reached (offline the page works without it).
-function probeBasemap() {
-  const img = new Image();
-  const timer = setTimeout(() => { img.src = ""; }, 4000);
-  img.onload = () => {
-    clearTimeout(timer);
-    const box = $("toggle-basemap");
-    box.disabled = false;
-    box.checked = true;
-    addBasemap();
-  };
-  img.onerror = () => { clearTimeout(timer); $("toggle-basemap").title = "base map unreachable (offline)"; };
-  img.src = BASEMAP_URL.replace("{z}/{x}/{y}", "0/0/0");
-}
-function addBasemap() {
-  if (map.getSource("basemap")) return;
-  map.addSource("basemap", { type: "raster", tiles: [BASEMAP_URL], tileSize: 256, maxzoom: 19,
-    attribution: "© OpenStreetMap contributors" });
-  const first = map.getStyle().layers.find((l) => l.id !== "background");
-  map.addLayer({ id: "basemap", type: "raster", source: "basemap" }, first ? first.id : undefined);
-}
-$("toggle-basemap").addEventListener("change", (e) => {
-  if (map.getLayer("basemap")) map.setLayoutProperty("basemap", "visibility", e.target.checked ? "visible" : "none");
-});
-
-// ---- AOIs and grids ----------------------------------------------------------------------------
-function fillSelect(select, values, selected) {
-  select.replaceChildren(...values.map((v) => {
-    const o = document.createElement("option");
-    o.value = v; o.textContent = v; o.selected = v === selected;
-    return o;
-  }));
-}
-
-async function loadAois() {
-  const aois = await getJSON("api/aois");
-  const options = aois.flatMap((a) => a.grids.map((g) => `${a.aoi_name}/${g}`));
-  if (options.length === 0) throw new Error("no AOI with consolidated output under this root (run the pipeline first)");
-  const params = new URLSearchParams(window.location.search);
-  let wanted = options[0];
-  if (params.get("aoi")) wanted = `${params.get("aoi")}/${params.get("grid") || (aois.find((a) => a.aoi_name === params.get("aoi"))?.grids[0] ?? "")}`;
-  fillSelect($("aoi-select"), options, wanted);
-  return wanted;
-}
-
-async function openGrid(key) {
-  const [aoi, grid] = key.split("/");
-  state.aoi = aoi; state.grid = grid; state.chip = null; state.series = null; state.seriesCache.clear();
-  $("map").dataset.ready = "false";
-  const base = gridBase(aoi, grid);
-  const summary = await getJSON(base);
-  state.summary = summary;
-  const [gridFc, changeFc] = await Promise.all([
-    getJSON(`${base}/chip-grid`),
-    summary.has_change_intensity ? getJSON(`${base}/change-intensity`) : Promise.resolve(EMPTY_FC),
-  ]);
-  state.gridFeatures = new Map(gridFc.features.map((f) => [f.properties.chip_id, f]));
-  ensureLayers();
-  setGeoJSON("grid", gridFc);
-  setGeoJSON("change", changeFc);
-  setGeoJSON("results", EMPTY_FC);
-  setGeoJSON("selected", EMPTY_FC);
-  const cfg = summary.config && summary.config.demos ? summary.config.demos[0].config : summary.config || {};
-  const latest = summary.dates[summary.dates.length - 1];
-  const searchDate = cfg && summary.dates.includes(cfg.similarity_search_date) ? cfg.similarity_search_date : latest;
-  fillSelect($("date-select"), summary.imagery_dates, summary.imagery_dates.includes(latest) ? latest : summary.imagery_dates.at(-1));
-  fillSelect($("query-date"), summary.dates, searchDate);
-  setImagery($("date-select").value);
-  const [minx, miny, maxx, maxy] = summary.bounds;
-  map.fitBounds([[minx, miny], [maxx, maxy]], { padding: 40, duration: 0 });
-  applyVisibility();
-  resetPanels();
-  $("map").dataset.gridFeatures = String(gridFc.features.length);
-  $("map").dataset.ready = "true";
-}
-
-function resetPanels() {
-  $("selected").hidden = true; $("similarity-hint").hidden = false;
-  $("change-chip").hidden = true; $("change-hint").hidden = false;
-  $("results").replaceChildren(); $("search-button").disabled = true;
-}
-
-// ---- chip selection ----------------------------------------------------------------------------
 async function chipSeries(chipId) {
-  if (!state.seriesCache.has(chipId)) {
-    state.seriesCache.set(chipId, await getJSON(`${gridBase(state.aoi, state.grid)}/chips/${encodeURIComponent(chipId)}`));
+  if (!app.seriesCache.has(chipId)) {
+    app.seriesCache.set(chipId, await getJSON(`${gridBase(state.aoi, state.grid)}/chips/${encodeURIComponent(chipId)}`));
   }
-  return state.seriesCache.get(chipId);
+  return app.seriesCache.get(chipId);
 }
 
 async function selectChip(chipId) {
   state.chip = chipId;
-  const feature = state.gridFeatures.get(chipId);
-  setGeoJSON("selected", feature ? { type: "FeatureCollection", features: [feature] } : EMPTY_FC);
-  state.series = await chipSeries(chipId);
-  $("search-button").disabled = false;
-  showSelected();
-  if (state.mode === "similarity") await runSearch();
-  else showChange();
+  const feature = app.gridFeatures.get(chipId);
+  setOverlayData("selected", feature ? { type: "FeatureCollection", features: [feature] } : EMPTY_FC);
+  app.series = null;
+  try {
+    app.series = await chipSeries(chipId);
+  } catch (err) {
+    clearChip();
+    throw err;
+  }
+  await panelFor(state.mode).chip?.(ctx);
 }
 
-function showSelected() {
-  const s = state.series;
-  const date = $("query-date").value;
-  $("selected").hidden = false; $("similarity-hint").hidden = true;
-  $("selected-thumbnail").src = thumbnailUrl(state.aoi, state.grid, s.chip_id, date);
-  const [lon, lat] = s.centroid;
-  const rows = [["chip", s.chip_id], ["grid", s.grid], ["lat, lon", lon == null ? "?" : `${lat.toFixed(5)}, ${lon.toFixed(5)}`],
-    ["date", date]];
-  $("selected-details").replaceChildren(...rows.flatMap(([k, v]) => {
-    const dt = document.createElement("dt"); dt.textContent = k;
-    const dd = document.createElement("dd"); dd.textContent = v;
-    return [dt, dd];
+function clearChip() {
+  state.chip = null;
+  app.series = null;
+  setOverlayData("selected", EMPTY_FC);
+}
+
+async function openGrid(aoi, grid) {
+  state.aoi = aoi; state.grid = grid;
+  clearChip();
+  app.seriesCache.clear();
+  const base = gridBase(aoi, grid);
+  const summary = await getJSON(base);
+  const [gridFc, changeFc] = await Promise.all([
+    getJSON(`${base}/chip-grid`),
+    summary.has_change_intensity ? getJSON(`${base}/change-intensity`) : Promise.resolve(EMPTY_FC),
+  ]);
+  app.summary = summary;
+  app.gridFeatures = new Map(gridFc.features.map((f) => [f.properties.chip_id, f]));
+  setOverlayData("grid", gridFc);
+  setOverlayData("change", changeFc);
+  setOverlayData("selected", EMPTY_FC);
+  $("aoi-select").value = `${aoi}/${grid}`;
+  $("map").dataset.gridFeatures = String(gridFc.features.length);
+}
+
+function defaultDate(summary, dates) {
+  const latest = summary.dates[summary.dates.length - 1];
+  return dates.includes(latest) ? latest : dates[dates.length - 1];
+}
+
+function defaultQueryDate(summary) {
+  const cfg = summary.config && summary.config.demos ? summary.config.demos[0].config : summary.config || {};
+  return cfg && summary.dates.includes(cfg.similarity_search_date) ? cfg.similarity_search_date
+    : summary.dates[summary.dates.length - 1];
+}
+
+/** The AOI and grid to open for URL values: the asked ones when they exist, else the first. */
+async function pickGrid(values) {
+  let aoi = app.aois.find((a) => a.aoi_name === values.aoi);
+  if (values.aoi && !aoi) {
+    app.aois = await getJSON("api/aois"); // made since the page loaded?
+    aoi = app.aois.find((a) => a.aoi_name === values.aoi);
+    if (!aoi) {
+      try {
+        await getJSON(`api/aois/${encodeURIComponent(values.aoi)}`); // the server says why
+      } catch (err) {
+        if (!(err instanceof ApiError)) throw err;
+        showError(err.message);
+      }
+    }
+  }
+  aoi = aoi || app.aois[0];
+  if (values.grid && values.aoi === aoi.aoi_name && !aoi.grids.includes(values.grid)) {
+    showError(`grid ${values.grid} not found for AOI ${aoi.aoi_name} (grids: ${aoi.grids.join(", ")})`);
+  }
+  return [aoi.aoi_name, aoi.grids.includes(values.grid) ? values.grid : aoi.grids[0]];
+}
+
+/** Show the view that URL values describe; what they leave out takes its default. The caller then
+ * writes the URL (commit): "replace" for a view read from it, "push" for a new one. */
+async function restore(values) {
+  await whileRestoring(async () => {
+    const [aoi, grid] = await pickGrid(values);
+    if (aoi !== state.aoi || grid !== state.grid || !app.summary) {
+      $("map").dataset.ready = "false";
+      await openGrid(aoi, grid);
+      for (const p of allPanels()) p.grid?.(ctx);
+    }
+    const s = app.summary;
+    if (values.layer && !imageryLayer(values.layer)) {
+      showError(`unknown layer ${values.layer} (layers: ${IMAGERY_LAYERS.map((l) => l.id).join(", ")})`);
+    }
+    if (values.mode && !panelFor(values.mode)) {
+      showError(`unknown mode ${values.mode} (modes: ${allPanels().map((p) => p.mode).join(", ")})`);
+    }
+    state.layer = imageryLayer(values.layer) ? values.layer : TRUE_COLOUR;
+    $("layer-select").value = state.layer;
+    const dates = layerDates(s, state.layer);
+    state.date = dates.includes(values.date) ? values.date : defaultDate(s, dates);
+    state.qdate = s.dates.includes(values.qdate) ? values.qdate : defaultQueryDate(s);
+    state.k = values.k || 5;
+    state.before = nearestDate(dates, values.before || null);
+    state.after = nearestDate(dates, values.after || null);
+    state.pos = values.pos || [];
+    state.neg = values.neg || [];
+    if (state.chip) clearChip();
+    for (const p of allPanels()) p.restore?.(ctx);
+    await setMode(values.mode);
+    if (values.view) app.maps.main.jumpTo({ center: [values.view[0], values.view[1]], zoom: values.view[2] });
+    else fitBounds(s.bounds);
+    if (values.chip) await guarded(() => selectChip(values.chip));
+    refreshImagery();
+    refreshOverlays();
+  });
+  $("map").dataset.ready = "true";
+  app.restored += 1; // views restored so far (tests wait on it after back/forward)
+}
+
+// The context every panel gets (see panels/registry.js).
+const ctx = {
+  state, app, $, showError, guarded, commit, checked: (id) => $(id).checked,
+  setOverlayData, refreshOverlays, refreshImagery, fitBounds, setMode, selectChip, chipSeries, setDate,
+  ensureBeforeAfter, viewChanged, showSplitMap,
+};
+window.geofmExplorer = {
+  state, app, ctx,
+  get map() { return app.maps.main; },
+  get afterMap() { return app.maps.after; },
+};
+
+// ---- header ----------------------------------------------------------------------------------------
+function makeTabs() {
+  $("tabs").replaceChildren(...allPanels().map((p) => {
+    const b = document.createElement("button");
+    b.id = `tab-${p.mode}`;
+    b.className = "tab";
+    b.dataset.testid = `tab-${p.mode}`;
+    b.setAttribute("data-testid", `tab-${p.mode}`);
+    b.textContent = p.label;
+    b.addEventListener("click", () => guarded(async () => {
+      if (state.mode === p.mode) return;
+      await setMode(p.mode);
+      commit();
+    }));
+    return b;
   }));
 }
 
-// ---- similarity search -------------------------------------------------------------------------
-async function runSearch() {
-  if (!state.chip) return;
-  const results = $("results");
-  results.dataset.state = "loading";
-  const params = {
-    chip_id: state.chip, date: $("query-date").value, k: $("k-slider").value, min_score: $("score-slider").value,
-    start: $("range-start").value, end: $("range-end").value,
-  };
-  const resp = await getJSON(`${gridBase(state.aoi, state.grid)}/search`, params);
-  state.lastResults = resp.results;
-  results.replaceChildren(...resp.results.map((hit) => {
-    const item = document.createElement("figure");
-    item.className = "result";
-    item.dataset.testid = "result-item";
-    item.setAttribute("data-testid", "result-item");
-    item.dataset.chipId = hit.chip_id;
-    item.dataset.score = hit.score;
-    const img = document.createElement("img");
-    img.src = hit.thumbnail_url.replace(/^\//, "");
-    img.alt = `chip ${hit.chip_id} on ${hit.date}`;
-    const cap = document.createElement("figcaption");
-    cap.textContent = `${hit.chip_id} · ${hit.date} · ${hit.score.toFixed(3)}`;
-    item.append(img, cap);
-    item.addEventListener("click", () => flyToChip(hit));
-    return item;
+function wireHeader() {
+  $("aoi-select").addEventListener("change", (e) => guarded(async () => {
+    const [aoi, grid] = e.target.value.split("/");
+    await restore({ aoi, grid, mode: state.mode, layer: state.layer, k: state.k, pos: state.pos, neg: state.neg });
+    commit();
   }));
-  if (resp.results.length === 0) {
-    const p = document.createElement("p");
-    p.className = "hint";
-    p.textContent = `No chip scores ${Number(params.min_score).toFixed(2)} or more.`;
-    results.appendChild(p);
-  }
-  results.dataset.count = String(resp.results.length);
-  results.dataset.state = "done";
-  setGeoJSON("results", {
-    type: "FeatureCollection",
-    features: resp.results.filter((h) => h.minx != null).map((h) => ({
-      type: "Feature", properties: { chip_id: h.chip_id, score: h.score },
-      geometry: { type: "Polygon", coordinates: [[[h.minx, h.miny], [h.maxx, h.miny], [h.maxx, h.maxy], [h.minx, h.maxy], [h.minx, h.miny]]] },
-    })),
+  $("layer-select").addEventListener("change", (e) => {
+    state.layer = e.target.value;
+    const dates = layerDates(app.summary, state.layer);
+    state.date = nearestDate(dates, state.date);
+    state.before = nearestDate(dates, state.before);
+    state.after = nearestDate(dates, state.after);
+    commit();
+    viewChanged();
+  });
+  $("date-select").addEventListener("change", (e) => {
+    setDate(e.target.value);
+    commit();
+  });
+  $("toggle-imagery").addEventListener("change", refreshImagery);
+  $("toggle-basemap").addEventListener("change", (e) => {
+    for (const [, m] of maps()) setBasemap(m, e.target.checked);
   });
 }
-
-function flyToChip(hit) {
-  if (hit.minx == null) return;
-  map.fitBounds([[hit.minx, hit.miny], [hit.maxx, hit.maxy]], { padding: 120, maxZoom: 15 });
-}
-
-// ---- change detection --------------------------------------------------------------------------
-function showChange() {
-  const s = state.series;
-  if (!s) return;
-  $("change-chip").hidden = false; $("change-hint").hidden = true;
-  $("change-title").textContent = `chip ${s.chip_id} (baseline ${s.baseline_date || "?"})`;
-  const level = s.change ? s.change.change_intensity : null;
-  const badge = $("severity");
-  badge.textContent = level ? `${level} change (min ${Number(s.change.min_sim).toFixed(3)})` : "no change summary";
-  badge.dataset.level = level || "";
-  const fields = Object.keys(s.series);
-  const current = fields.includes($("series-field").value) ? $("series-field").value : "cosine_sim";
-  fillSelect($("series-field"), fields, current);
-  const dates = s.imagery_dates && s.imagery_dates.length ? s.imagery_dates : s.dates;
-  fillSelect($("before-date"), dates, s.baseline_date && dates.includes(s.baseline_date) ? s.baseline_date : dates[0]);
-  fillSelect($("after-date"), dates, dates[dates.length - 1]);
-  state.pickedDate = s.dates[s.dates.length - 1];
-  renderChart();
-  showBeforeAfter();
-  showDate(state.pickedDate, false);
-}
-
-function renderChart() {
-  const s = state.series;
-  const field = $("series-field").value || "cosine_sim";
-  const { points, trend } = drawChart($("chart"), s.dates, s.series[field] || [], {
-    label: FIELD_LABELS[field] || field, trend: $("toggle-trend").checked,
-    excludeOutliers: $("toggle-outliers").checked, baselineDate: s.baseline_date, selectedDate: state.pickedDate,
-    onPick: (d) => showDate(d, true),
-  });
-  $("trend-text").textContent = trend && points.length > 1
-    ? `trend ${(trend.slope * 365 * DAY_MS).toFixed(4)} per year over ${points.length} dates` : "";
-}
-
-function showDate(date, redraw) {
-  const s = state.series;
-  state.pickedDate = date;
-  $("date-view").hidden = false;
-  $("date-thumbnail").src = thumbnailUrl(state.aoi, state.grid, s.chip_id, date);
-  const i = s.dates.indexOf(date);
-  const sim = i >= 0 ? s.series.cosine_sim?.[i] : null;
-  $("date-caption").textContent = `${date}${sim != null ? ` · cosine similarity ${sim.toFixed(3)}` : ""}`;
-  $("date-view").dataset.date = date;
-  showPatchMap(i);
-  if (state.summary.imagery_dates.includes(date)) {
-    $("date-select").value = date;
-    setImagery(date);
-  }
-  if (redraw) renderChart();
-}
-
-// The per-patch similarity map of a date over the chip: one cell per patch, changed ones in red.
-// (Vector cells rather than an image source: image sources render black on some software GL.)
-function showPatchMap(index) {
-  const s = state.series;
-  const values = index >= 0 && s.patch_maps ? s.patch_maps[index] : null;
-  if (!values || !s.patch_grid) {
-    setGeoJSON("patch-map", EMPTY_FC);
-    $("map").dataset.patchMap = "";
-    return;
-  }
-  const g = s.patch_grid;
-  const [minx, miny, maxx, maxy] = s.bounds;
-  const dx = (maxx - minx) / g;
-  const dy = (maxy - miny) / g;
-  const features = [];
-  values.forEach((v, k) => {
-    if (v == null) return;
-    const x0 = minx + (k % g) * dx;
-    const y1 = maxy - Math.floor(k / g) * dy;
-    features.push({
-      type: "Feature", properties: { sim: v, patch: k },
-      geometry: { type: "Polygon", coordinates: [[[x0, y1], [x0 + dx, y1], [x0 + dx, y1 - dy], [x0, y1 - dy], [x0, y1]]] },
-    });
-  });
-  setGeoJSON("patch-map", { type: "FeatureCollection", features });
-  if (!map.getLayer("patch-map")) {
-    map.addLayer({
-      id: "patch-map", type: "fill", source: "patch-map",
-      paint: {
-        "fill-color": "#d7191c",
-        "fill-opacity": ["interpolate", ["linear"], ["get", "sim"], 0.5, 0.85, 0.8, 0.55, 0.95, 0.05],
-      },
-    }, "grid-fill");
-  }
-  $("map").dataset.patchMap = `${s.chip_id}@${s.dates[index]}`;
-  applyVisibility();
-}
-
-function showBeforeAfter() {
-  const s = state.series;
-  for (const side of ["before", "after"]) {
-    const date = $(`${side}-date`).value;
-    $(`${side}-img`).src = thumbnailUrl(state.aoi, state.grid, s.chip_id, date);
-    const i = s.dates.indexOf(date);
-    const sim = i >= 0 ? s.series.cosine_sim?.[i] : null;
-    $(`${side}-caption`).textContent = `${date}${sim != null ? ` · sim ${sim.toFixed(3)}` : " · not analysed"}`;
-  }
-}
-
-// ---- controls ----------------------------------------------------------------------------------
-function setMode(mode) {
-  state.mode = mode;
-  $("tab-similarity").classList.toggle("active", mode === "similarity");
-  $("tab-change").classList.toggle("active", mode === "change");
-  $("similarity-panel").hidden = mode !== "similarity";
-  $("change-panel").hidden = mode !== "change";
-  document.body.dataset.mode = mode;
-  applyVisibility();
-  if (state.chip) guarded(() => (mode === "similarity" ? runSearch() : Promise.resolve(showChange())));
-}
-$("tab-similarity").addEventListener("click", () => setMode("similarity"));
-$("tab-change").addEventListener("click", () => setMode("change"));
-$("aoi-select").addEventListener("change", (e) => guarded(() => openGrid(e.target.value)));
-$("date-select").addEventListener("change", (e) => setImagery(e.target.value));
-$("toggle-imagery").addEventListener("change", applyVisibility);
-$("toggle-change").addEventListener("change", applyVisibility);
-$("show-results").addEventListener("change", applyVisibility);
-$("toggle-patch-map").addEventListener("change", applyVisibility);
-$("k-slider").addEventListener("input", (e) => { $("k-value").textContent = e.target.value; });
-$("score-slider").addEventListener("input", (e) => { $("score-value").textContent = Number(e.target.value).toFixed(2); });
-for (const id of ["k-slider", "score-slider", "range-start", "range-end"]) {
-  $(id).addEventListener("change", () => guarded(runSearch));
-}
-$("query-date").addEventListener("change", () => { if (state.series) showSelected(); guarded(runSearch); });
-$("search-button").addEventListener("click", () => guarded(runSearch));
-for (const id of ["series-field", "toggle-trend", "toggle-outliers"]) $(id).addEventListener("change", renderChart);
-$("before-date").addEventListener("change", showBeforeAfter);
-$("after-date").addEventListener("change", showBeforeAfter);
 
 // ---- start -------------------------------------------------------------------------------------
-if (map) {
-  map.on("load", () => guarded(async () => {
-    probeBasemap();
-    map.on("click", "grid-fill", (e) => {
-      if (e.features && e.features.length) guarded(() => selectChip(e.features[0].properties.chip_id));
-    });
-    map.on("mouseenter", "grid-fill", () => { map.getCanvas().style.cursor = "pointer"; });
-    map.on("mouseleave", "grid-fill", () => { map.getCanvas().style.cursor = ""; });
-    const key = await loadAois();
-    await openGrid(key);
-    const params = new URLSearchParams(window.location.search);
-    if (params.get("mode") === "change") setMode("change");
-    if (params.get("chip")) await selectChip(params.get("chip"));
-  }));
+async function start(main) {
+  installOverlays(main, "main");
+  wireMap(main);
+  main.on("moveend", () => {
+    const c = main.getCenter();
+    state.view = [c.lng, c.lat, main.getZoom()];
+    commitView();
+  });
+  main.on("zoomend", updateLegend);
+  probeBasemap(() => {
+    const box = $("toggle-basemap");
+    box.disabled = false;
+    box.checked = true;
+    for (const [, m] of maps()) setBasemap(m, true);
+  }, () => { $("toggle-basemap").title = "base map unreachable (offline)"; });
+  setIndices(await getJSON("api/indices"));
+  fillSelect($("layer-select"), IMAGERY_LAYERS.map((l) => l.id), state.layer, IMAGERY_LAYERS.map((l) => l.label));
+  app.aois = await getJSON("api/aois");
+  if (app.aois.length === 0) throw new Error("no AOI with consolidated output under this root (run the pipeline first)");
+  fillSelect($("aoi-select"), app.aois.flatMap((a) => a.grids.map((g) => `${a.aoi_name}/${g}`)), null);
+  const { values, invalid } = parseQuery(window.location.search);
+  if (invalid.length) showError(`URL parameters not understood, ignored: ${invalid.join(", ")}`);
+  await restore(values);
+  commit("replace"); // the URL now names the whole view (defaults and map position included)
+  let restoring = Promise.resolve(); // one restore at a time, in the order of the history steps
+  window.addEventListener("popstate", () => {
+    restoring = restoring.then(() => guarded(async () => {
+      await restore(parseQuery(window.location.search).values);
+      commit("replace");
+    }));
+  });
+}
+
+makeTabs();
+for (const p of allPanels()) p.init?.(ctx);
+wireHeader();
+try {
+  app.maps.main = createMap("map", showError);
+  app.maps.main.on("load", () => guarded(() => start(app.maps.main)));
+} catch (err) {
+  showError(`the map cannot start (WebGL unavailable?): ${err.message}`);
 }

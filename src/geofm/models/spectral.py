@@ -23,33 +23,21 @@ from datetime import datetime
 
 import numpy as np
 
+from geofm import indices
 from geofm.errors import ModelError
+from geofm.indices import normalized_difference
 from geofm.sentinel2 import BANDS
 
 SPECTRAL_BANDS: tuple[str, ...] = tuple(b.name for b in BANDS if b.clay_mean is not None)
 REQUIRED_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
 PATCH_SIZE = 8
-# (name, a, b): index = (a - b) / (a + b) on reflectance
-INDICES: tuple[tuple[str, str, str], ...] = (
-    ("ndvi", "nir", "red"),
-    ("ndwi", "green", "nir"),
-    ("mndwi", "green", "swir16"),
-    ("ndbi", "swir16", "nir"),
-    ("ndre", "nir", "rededge1"),
-    ("nbr", "nir", "swir22"),
-)
+# (name, a, b): index = (a - b) / (a + b), the formulas of geofm.indices in their order
+INDICES: tuple[tuple[str, str, str], ...] = tuple((i.name, i.a, i.b) for i in indices.INDICES)
 N_BANDS = len(SPECTRAL_BANDS)
 N_INDICES = len(INDICES)
 EMBEDDING_DIM = 2 * (N_BANDS + N_INDICES)  # 32
 _MEAN = np.array([b.clay_mean for b in BANDS if b.clay_mean is not None], dtype=np.float32)
 _STD = np.array([b.clay_std for b in BANDS if b.clay_mean is not None], dtype=np.float32)
-
-
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    den = a + b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (a - b) / den
-    return np.where(np.abs(den) > 1e-6, out, 0.0).astype(np.float32)
 
 
 def _patches(x: np.ndarray, p: int) -> np.ndarray:
@@ -77,7 +65,7 @@ def spectral_features(pixels: np.ndarray, bands: list[str]) -> tuple[np.ndarray,
     refl = {name: x[:, i] for i, name in enumerate(have)}
     usable = [a in refl and b in refl for _, a, b in INDICES]
     zero = np.zeros_like(x[:, 0])
-    idx_pix = np.stack([_ratio(refl[a], refl[b]) if ok else zero
+    idx_pix = np.stack([normalized_difference(refl[a], refl[b]) if ok else zero
                         for (_, a, b), ok in zip(INDICES, usable, strict=True)], axis=1)
     idx_pix = np.where(np.isnan(x).any(axis=1, keepdims=True), np.nan, idx_pix)
 
@@ -93,7 +81,7 @@ def spectral_features(pixels: np.ndarray, bands: list[str]) -> tuple[np.ndarray,
     band_mean[..., pos], band_std[..., pos] = band_mean_have, band_std_have
     rm = {name: refl_mean[..., i] for i, name in enumerate(have)}
     zero_patch = np.zeros(refl_mean.shape[:2], dtype=np.float32)
-    idx_mean = np.stack([_ratio(rm[a], rm[b]) if ok else zero_patch
+    idx_mean = np.stack([normalized_difference(rm[a], rm[b]) if ok else zero_patch
                          for (_, a, b), ok in zip(INDICES, usable, strict=True)], axis=-1)
     patch = np.concatenate([band_mean, idx_mean, band_std, idx_std], axis=-1)
     valid = np.isfinite(band_mean_have).all(axis=-1)  # [B, L]

@@ -11,13 +11,18 @@ Routes (all under ``/api``; OpenAPI at ``/docs``):
   GET /aois/{aoi}/grids/{grid}/chips/{chip}/thumbnail?date=   PNG
   GET /aois/{aoi}/grids/{grid}/search?chip_id=&date=&k=&min_score=&start=&end=
   GET /aois/{aoi}/grids/{grid}/tiles/{z}/{x}/{y}.png?date=    true-colour tile
+  GET /aois/{aoi}/grids/{grid}/chips/{chip}/indices/{index}.png?date=           index image of a chip
+  GET /aois/{aoi}/grids/{grid}/indices/{index}/tiles/{z}/{x}/{y}.png?date=      index tile from the chips
+  GET /indices                                       the spectral indices: bands, formula, range, ramp
+  GET /indices/{index}/legend.png                    an index's colour ramp (the legend strip)
 
 Hostile input and load: AOI names pass :func:`geofm.config.check_name` (422 otherwise), unknown things
 are 404, every deliberate error is a :class:`~geofm.errors.GeofmError` mapped to its HTTP status in one
 handler, with the server's roots removed from the message. Tiles below the grid's useful zoom are
-answered at once (empty); the others go through a bounded :class:`RenderPool` (503 when busy) and read
-only what :class:`SourcePolicy` allows. :class:`ExplorerGuard` refuses foreign ``Host`` headers and sets
-the security headers.
+answered at once (empty); the others, and the index images, go through a bounded :class:`RenderPool`
+(503 when busy) and read only what :class:`SourcePolicy` allows (index images: chip files inside the
+output root, see :mod:`geofm.server.index_maps`). :class:`ExplorerGuard` refuses foreign ``Host``
+headers and sets the security headers.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from geofm import indices
 from geofm.errors import BackendError, GeofmError, InputError, NotFoundError, TileError
 from geofm.server import tiles
 from geofm.server.catalog import Catalog
+from geofm.server.index_maps import IndexMaps
 from geofm.server.renders import DEFAULT_SLOTS, ClientGone, RenderPool
 from geofm.server.search import similar_chips
 from geofm.server.security import ExplorerGuard, allowed_hosts
@@ -56,6 +63,10 @@ log = logging.getLogger(__name__)
 Aoi = Annotated[str, PathParam(description="AOI name (a folder name of the output: no / or \\, not . or ..)")]
 Grid = Annotated[str, PathParam(pattern=GRID_ID, description="MGRS grid, e.g. 20LPP")]
 Chip = Annotated[str, PathParam(pattern=CHIP_ID, description="chip id <x_dim>_<y_dim>")]
+IndexName = Annotated[str, PathParam(pattern=f"^({'|'.join(indices.NAMES)})$",
+                                     description=f"spectral index: {', '.join(indices.NAMES)}")]
+TileZ = Annotated[int, PathParam(ge=0, le=MAX_ZOOM)]
+TileXY = Annotated[int, PathParam(ge=0)]
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
     catalog = Catalog(root)
     policy = SourcePolicy([root, *opts.archives], allow_remote=opts.allow_remote_assets)
     pool = RenderPool(opts.render_slots, opts.queue_timeout_s, opts.render_timeout_s)
+    index_maps = IndexMaps(catalog, root)
     redact = _Redactor([root, *opts.archives])
 
     @asynccontextmanager
@@ -129,10 +141,12 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
         return {"aoi_name": aoi, "grids": catalog.grids(aoi), "aoi_geojson": catalog.aoi_geojson(aoi)}
 
     @app.get("/api/aois/{aoi}/grids/{grid}",
-             summary="Dates, bounds, chip count, series fields, config and the imagery's useful min zoom")
+             summary="Dates (analysed, imagery, chips), bounds, chip count, series fields, config, and the "
+                     "min zooms of the imagery and index tiles")
     def get_grid(aoi: Aoi, grid: Grid) -> dict[str, Any]:
         summary = catalog.summary(aoi, grid)
         summary["imagery_minzoom"] = tiles.useful_minzoom(summary["bounds"])
+        summary["index_minzoom"] = index_maps.minzoom(aoi, grid)
         return summary
 
     @app.get("/api/aois/{aoi}/grids/{grid}/config", summary="The step-4 front-end config JSON")
@@ -186,11 +200,9 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def tile(
         request: Request, aoi: Aoi, grid: Grid,
-        z: Annotated[int, PathParam(ge=0, le=MAX_ZOOM)], x: Annotated[int, PathParam(ge=0)],
-        y: Annotated[int, PathParam(ge=0)], day: Annotated[date, Query(alias="date")],
+        z: TileZ, x: TileXY, y: TileXY, day: Annotated[date, Query(alias="date")],
     ) -> Response:
-        if x >= 2**z or y >= 2**z:
-            raise InputError(f"tile {z}/{x}/{y} does not exist")
+        _check_tile(z, x, y)
         items, minzoom = await run_in_threadpool(
             lambda: (catalog.scene_items(aoi, grid, day), tiles.useful_minzoom(catalog.bounds(aoi, grid))))
         if z < minzoom:  # the data would be a few pixels: nothing worth reading
@@ -202,6 +214,49 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
         except ClientGone:
             return Response(status_code=499)
         return _png(png, source, redact(note))
+
+    @app.get("/api/indices", summary="The spectral indices: bands, formula, display range and colour ramp")
+    def list_indices() -> list[dict[str, Any]]:
+        return [indices.describe(i) for i in indices.INDICES]
+
+    @app.get("/api/indices/{index}/legend.png", summary="An index's colour ramp, vmin (left) to vmax",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def index_legend(index: IndexName) -> Response:
+        return Response(indices.legend_png(indices.get(index)), media_type="image/png",
+                        headers={"Cache-Control": TILE_CACHE})
+
+    @app.get("/api/aois/{aoi}/grids/{grid}/chips/{chip_id}/indices/{index}.png",
+             summary="A spectral index of a chip at a date, from its NetCDF, with the index's fixed ramp",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def chip_index(
+        request: Request, aoi: Aoi, grid: Grid, chip_id: Chip, index: IndexName,
+        day: Annotated[date, Query(alias="date")],
+    ) -> Response:
+        files = await run_in_threadpool(catalog.chip_files, aoi, grid, chip_id, day)
+        try:
+            png = await pool.run(lambda _: index_maps.chip_png(aoi, grid, files, day, indices.get(index)),
+                                 request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)
+        return Response(png, media_type="image/png", headers={"Cache-Control": TILE_CACHE})
+
+    @app.get("/api/aois/{aoi}/grids/{grid}/indices/{index}/tiles/{z}/{x}/{y}.png",
+             summary="A spectral index map tile of a date, from the chips (empty below index_minzoom)",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def index_tile(
+        request: Request, aoi: Aoi, grid: Grid, index: IndexName, z: TileZ, x: TileXY, y: TileXY,
+        day: Annotated[date, Query(alias="date")],
+    ) -> Response:
+        _check_tile(z, x, y)
+        minzoom = await run_in_threadpool(index_maps.minzoom, aoi, grid)
+        if z < minzoom:  # a chip would be a few pixels: nothing worth reading
+            return _png(tiles.empty_png(), "below-minzoom")
+        try:
+            got = await pool.run(lambda cancel: index_maps.tile(aoi, grid, day, indices.get(index), x, y, z,
+                                                                cancel), request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)
+        return _png(got.png, got.source, redact(got.note))
 
     @app.get("/api/{rest:path}", include_in_schema=False)
     def no_such_route(rest: str) -> None:  # under /api nothing falls through to the front end's files
@@ -216,6 +271,11 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
                     "The API is at <a href='/docs'>/docs</a>.</p>")
 
     return app
+
+
+def _check_tile(z: int, x: int, y: int) -> None:
+    if x >= 2**z or y >= 2**z:
+        raise InputError(f"tile {z}/{x}/{y} does not exist")
 
 
 def _png(png: bytes, source: str, note: str = "") -> Response:

@@ -16,6 +16,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, TypeVar
 
@@ -49,6 +50,16 @@ def clean(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class ChipFiles:
+    """A chip's files at one date: its thumbnail PNG and NetCDF, and its lon/lat bounds when known."""
+
+    chip_id: str
+    bounds: tuple[float, ...] | None  # minlon, minlat, maxlon, maxlat
+    thumbnail: str
+    netcdf: str
+
+
 class VersionedLRU:
     """At most ``size`` values, each stored with the versions of the files it was read from and
     served only while those versions are unchanged; least recently used values go first."""
@@ -60,6 +71,10 @@ class VersionedLRU:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def get(self, key: tuple[str, ...], stamp: Callable[[], Any], load: Callable[[], T], what: str) -> T:
         """The value for ``key``: cached when ``stamp()`` still matches, else ``load()`` (kept only when
@@ -223,15 +238,17 @@ class Catalog:
                                f"chip metadata of AOI {aoi!r} grid {grid!r}")
 
     def summary(self, aoi: str, grid: str) -> dict[str, Any]:
-        """What the front end needs to open a grid: dates, bounds, chip count, PCA fields, config."""
+        """What the front end needs to open a grid: dates (analysed; with imagery; with chips), bounds,
+        chip count, PCA fields, config."""
         df = self.table(aoi, grid)
         lay = self.layout(aoi)
         minx, miny, maxx, maxy = self.bounds(aoi, grid)
+        chip_days = sorted(self.chip_dates(aoi, grid)["day"].unique())
         return {
             "aoi_name": aoi, "grid": grid,
             "dates": sorted(df["day"].unique().tolist()),
-            "imagery_dates": self.scene_dates(aoi, grid)
-            or sorted(self.chip_dates(aoi, grid)["day"].unique()),
+            "imagery_dates": self.scene_dates(aoi, grid) or chip_days,
+            "chip_dates": chip_days,
             "bounds": [minx, miny, maxx, maxy],
             "chip_count": int(df["chip_id"].nunique()),
             "series_fields": self.series_fields(df),
@@ -287,10 +304,15 @@ class Catalog:
         return None
 
     # ---- files named by the metadata -----------------------------------------------------------
-    def thumbnail_url(self, aoi: str, grid: str, chip_id: str, day: date) -> str:
-        """The PNG thumbnail of a chip at a date. The path is rebuilt by :class:`Layout` from the
-        metadata row (scene id, chip size, x/y) that the request selects, so nothing from the request
-        reaches the path; a row whose file is missing is a 404."""
+    def _files(self, aoi: str, row: Any, bounds: tuple[float, ...] | None) -> ChipFiles:
+        lay = self.layout(aoi)
+        args = (str(row.origin_tile), int(row.chip_size), int(row.x_dim), int(row.y_dim))
+        return ChipFiles(str(row.chip_id), bounds, lay.rgb_thumbnail(*args), lay.raw_chip(*args))
+
+    def chip_files(self, aoi: str, grid: str, chip_id: str, day: date) -> ChipFiles:
+        """The files of a chip at a date. Paths are rebuilt by :class:`Layout` from the metadata row
+        (scene id, chip size, x/y) that the request selects, so nothing from the request reaches a path;
+        an unknown chip or date is a :class:`NotFoundError` naming the dates the chip has."""
         df = self.chip_dates(aoi, grid)
         chips = df[df["chip_id"] == chip_id]
         if chips.empty:
@@ -299,9 +321,11 @@ class Catalog:
         if rows.empty:
             dates = ", ".join(chips["day"].unique())
             raise NotFoundError(f"chip {chip_id!r} has no data on {day} (dates: {dates})")
-        row = rows.iloc[0]
-        url = self.layout(aoi).rgb_thumbnail(str(row["origin_tile"]), int(row["chip_size"]),
-                                             int(row["x_dim"]), int(row["y_dim"]))
+        return self._files(aoi, next(rows.itertuples(index=False)), None)
+
+    def thumbnail_url(self, aoi: str, grid: str, chip_id: str, day: date) -> str:
+        """The PNG thumbnail of a chip at a date (:meth:`chip_files`); a missing file is a 404."""
+        url = self.chip_files(aoi, grid, chip_id, day).thumbnail
         if not storage.exists(url):
             raise NotFoundError(f"no thumbnail of chip {chip_id!r} on {day}")
         return url
@@ -312,6 +336,18 @@ class Catalog:
             return storage.read_bytes(self.thumbnail_url(aoi, grid, chip_id, day))
         except FileNotFoundError:
             raise NotFoundError(f"no thumbnail of chip {chip_id!r} on {day}") from None
+
+    def chips_on(self, aoi: str, grid: str, day: date) -> list[ChipFiles]:
+        """The files and lon/lat bounds of every chip of the grid's consolidated output cut on a date."""
+        table = self.table(aoi, grid)
+        bounds = dict(zip(table["chip_id"], table.geometry.bounds.itertuples(index=False), strict=False))
+        df = self.chip_dates(aoi, grid)
+        return [self._files(aoi, row, tuple(bounds[row.chip_id]))
+                for row in df[df["day"] == day.isoformat()].itertuples(index=False) if row.chip_id in bounds]
+
+    def thumbnails_on(self, aoi: str, grid: str, day: date) -> list[tuple[tuple[float, ...], str]]:
+        """(lon/lat bounds, thumbnail URL) of every chip with a thumbnail on a date (tile fallback)."""
+        return [(c.bounds, c.thumbnail) for c in self.chips_on(aoi, grid, day) if c.bounds is not None]
 
     def scene_dates(self, aoi: str, grid: str) -> list[str]:
         """Dates with a scene item of this grid in the input layout."""
@@ -337,18 +373,3 @@ class Catalog:
         return [(lay.scene_metadata(s.scene_id),
                  self._json(lay.scene_metadata(s.scene_id), f"item of scene {s.scene_id}", self.items))
                 for s in scenes]
-
-    def thumbnails_on(self, aoi: str, grid: str, day: date) -> list[tuple[tuple[float, ...], str]]:
-        """(lon/lat bounds, thumbnail URL) of every chip with a thumbnail on a date (tile fallback)."""
-        table = self.table(aoi, grid)
-        bounds = dict(zip(table["chip_id"], table.geometry.bounds.itertuples(index=False), strict=False))
-        df = self.chip_dates(aoi, grid)
-        out = []
-        for row in df[df["day"] == day.isoformat()].itertuples(index=False):
-            b = bounds.get(row.chip_id)
-            if b is None:
-                continue
-            url = self.layout(aoi).rgb_thumbnail(str(row.origin_tile), int(row.chip_size),
-                                                 int(row.x_dim), int(row.y_dim))
-            out.append((tuple(b), url))
-        return out

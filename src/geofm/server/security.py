@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("", "0.0.0.0", "::")
-BASEMAP_ORIGIN = "https://tile.openstreetmap.org"  # ui/src/main.js BASEMAP_URL
+BASEMAP_ORIGIN = "https://tile.openstreetmap.org"  # ui/src/map.js BASEMAP_URL
 
 _COMMON = ["frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'", "form-action 'none'"]
 UI_CSP = "; ".join([

@@ -64,16 +64,17 @@ def empty_png(size: int = TILE_SIZE) -> bytes:
     return buf.getvalue()
 
 
-def useful_minzoom(bounds: tuple[float, float, float, float] | list[float]) -> int:
-    """Lowest zoom at which data with these lon/lat bounds spans ``MIN_DATA_PIXELS`` tile pixels."""
+def useful_minzoom(bounds: tuple[float, ...] | list[float], pixels: int = MIN_DATA_PIXELS) -> int:
+    """Lowest zoom at which data with these lon/lat bounds spans ``pixels`` tile pixels."""
     left, _ = TMS.xy(bounds[0], (bounds[1] + bounds[3]) / 2)
     right, _ = TMS.xy(bounds[2], (bounds[1] + bounds[3]) / 2)
     world = 2 * math.pi * 6378137.0
     width = max(right - left, 1.0)
-    return int(min(22, max(0, math.ceil(math.log2(MIN_DATA_PIXELS * world / (TILE_SIZE * width))))))
+    return int(min(22, max(0, math.ceil(math.log2(pixels * world / (TILE_SIZE * width))))))
 
 
-def _check(cancelled: threading.Event | None) -> None:
+def check_cancel(cancelled: threading.Event | None) -> None:
+    """Raise :class:`TileCancelled` once the request's cancel event is set (renders call it between reads)."""
     if cancelled is not None and cancelled.is_set():
         raise TileCancelled("tile render cancelled: the client has gone")
 
@@ -145,7 +146,7 @@ def cog_tile(
         sources = [policy.resolve(_href(assets[b]), item_url) for b in RGB_BANDS]
         bands = []
         for source in sources:
-            _check(cancelled)
+            check_cancel(cancelled)
             got = read_tile(source, (1,), bounds)
             if got is None:
                 return None
@@ -181,7 +182,7 @@ def thumbnail_tile(
         px1, py1 = round((right - tb.left) * sx), round((tb.top - bottom) * sy)
         if px1 - px0 < 1 or py1 - py0 < 1 or max(px1 - px0, py1 - py0) > 16 * TILE_SIZE:
             continue
-        _check(cancelled)
+        check_cancel(cancelled)
         try:
             thumb = Image.open(io.BytesIO(storage.read_bytes(url))).convert("RGBA")
         except (OSError, FileNotFoundError):

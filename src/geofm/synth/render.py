@@ -15,6 +15,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 from scipy.stats import norm
 
+from geofm.indices import normalized_difference
 from geofm.synth import spectra as sp
 
 WEDGE_SHARE = 0.3  # nodata swath-edge wedge: pixels with x/E + y_from_bottom/E below this
@@ -216,8 +217,8 @@ def scene_classes(strip: Strip, k: int = 2) -> np.ndarray:
     shadow = block_mean(strip.shadow, k)
     s = block_mean(strip.surface[[2, 3, 7]], k)  # green, red, nir (ESA order B03 B04 B08)
     g, r, n = s[0], s[1], s[2]
-    ndvi = (n - r) / (n + r + 1e-6)
-    ndwi = (g - n) / (g + n + 1e-6)
+    ndvi = normalized_difference(n, r)
+    ndwi = normalized_difference(g, n)
     scl = np.where(ndwi > 0.2, 6, np.where(ndvi > 0.4, 4, 5)).astype(np.uint8)
     scl[shadow >= 0.3] = 3
     scl[cirrus >= 0.35] = 10

@@ -1,0 +1,158 @@
+// Change detection: the change-intensity layer, the selected chip's similarity-over-time chart (trend,
+// outliers), its per-patch change map on a clicked date, and its before/after images in the imagery layer
+// (true colour or a spectral index). URL state: chip, date (the clicked date), before, after, layer.
+import { chipImageUrl } from "../api.js";
+import { drawChart } from "../chart.js";
+import { fillSelect } from "../dom.js";
+import { EMPTY_FC, INTENSITY_COLOURS, layerDates } from "../layers.js";
+import { DAY_MS } from "../stats.js";
+import { registerPanel } from "./registry.js";
+
+const FIELD_LABELS = { cosine_sim: "cosine similarity to baseline" };
+let pickedDate = null; // the chart's selected date
+
+// Legend swatches in the layer's colours (set through the DOM: the page's CSP allows no inline styles).
+function paintLegend() {
+  for (const swatch of document.querySelectorAll("#legend i[data-level]")) {
+    const at = INTENSITY_COLOURS.indexOf(swatch.dataset.level);
+    swatch.style.background = at > 1 ? INTENSITY_COLOURS[at + 1] : INTENSITY_COLOURS.at(-1);
+  }
+}
+
+function showChange(ctx) {
+  const { $, state, app } = ctx;
+  const s = app.series;
+  if (!s) return;
+  $("change-chip").hidden = false; $("change-hint").hidden = true;
+  $("change-title").textContent = `chip ${s.chip_id} (baseline ${s.baseline_date || "?"})`;
+  const level = s.change ? s.change.change_intensity : null;
+  const badge = $("severity");
+  badge.textContent = level ? `${level} change (min ${Number(s.change.min_sim).toFixed(3)})` : "no change summary";
+  badge.dataset.level = level || "";
+  const fields = Object.keys(s.series);
+  const current = fields.includes($("series-field").value) ? $("series-field").value : "cosine_sim";
+  fillSelect($("series-field"), fields, current);
+  ctx.ensureBeforeAfter(s.baseline_date);
+  showBeforeAfter(ctx);
+  const picked = s.dates.includes(state.date) ? state.date : s.dates[s.dates.length - 1];
+  showDate(ctx, picked);
+}
+
+function renderChart(ctx) {
+  const { $, app } = ctx;
+  const s = app.series;
+  if (!s) return;
+  const field = $("series-field").value || "cosine_sim";
+  const { points, trend } = drawChart($("chart"), s.dates, s.series[field] || [], {
+    label: FIELD_LABELS[field] || field, trend: $("toggle-trend").checked,
+    excludeOutliers: $("toggle-outliers").checked, baselineDate: s.baseline_date, selectedDate: pickedDate,
+    onPick: (d) => { showDate(ctx, d); ctx.commit(); },
+  });
+  $("trend-text").textContent = trend && points.length > 1
+    ? `trend ${(trend.slope * 365 * DAY_MS).toFixed(4)} per year over ${points.length} dates` : "";
+}
+
+// A date of the chart: its image, its per-patch change map and the map's imagery of that date.
+function showDate(ctx, date) {
+  const { $, state, app } = ctx;
+  const s = app.series;
+  pickedDate = date;
+  $("date-view").hidden = false;
+  $("date-thumbnail").src = chipImageUrl(state.aoi, state.grid, s.chip_id, state.layer, date);
+  const i = s.dates.indexOf(date);
+  const sim = i >= 0 ? s.series.cosine_sim?.[i] : null;
+  $("date-caption").textContent = `${date}${sim != null ? ` · cosine similarity ${sim.toFixed(3)}` : ""}`;
+  $("date-view").dataset.date = date;
+  showPatchMap(ctx, i);
+  if (layerDates(app.summary, state.layer).includes(date)) ctx.setDate(date);
+  renderChart(ctx);
+}
+
+function showPatchMap(ctx, index) {
+  const s = ctx.app.series;
+  const box = ctx.$("map");
+  const values = index >= 0 && s.patch_maps ? s.patch_maps[index] : null;
+  if (!values || !s.patch_grid) {
+    ctx.setOverlayData("patch-map", EMPTY_FC);
+    box.dataset.patchMap = "";
+    return;
+  }
+  const g = s.patch_grid;
+  const [minx, miny, maxx, maxy] = s.bounds;
+  const dx = (maxx - minx) / g;
+  const dy = (maxy - miny) / g;
+  const features = [];
+  values.forEach((v, k) => {
+    if (v == null) return;
+    const x0 = minx + (k % g) * dx;
+    const y1 = maxy - Math.floor(k / g) * dy;
+    features.push({
+      type: "Feature", properties: { sim: v, patch: k },
+      geometry: { type: "Polygon", coordinates: [[[x0, y1], [x0 + dx, y1], [x0 + dx, y1 - dy], [x0, y1 - dy], [x0, y1]]] },
+    });
+  });
+  ctx.setOverlayData("patch-map", { type: "FeatureCollection", features });
+  box.dataset.patchMap = `${s.chip_id}@${s.dates[index]}`;
+  ctx.refreshOverlays();
+}
+
+function showBeforeAfter(ctx) {
+  const { $, state, app } = ctx;
+  const s = app.series;
+  if (!s) return;
+  const dates = layerDates(app.summary, state.layer);
+  fillSelect($("before-date"), dates, state.before);
+  fillSelect($("after-date"), dates, state.after);
+  for (const side of ["before", "after"]) {
+    const date = state[side];
+    const img = $(`${side}-img`);
+    const i = s.dates.indexOf(date);
+    const sim = i >= 0 ? s.series.cosine_sim?.[i] : null;
+    const caption = `${date}${sim != null ? ` · sim ${sim.toFixed(3)}` : " · not analysed"}`;
+    img.onerror = () => { $(`${side}-caption`).textContent = `${date} · no image of this chip`; };
+    img.src = chipImageUrl(state.aoi, state.grid, s.chip_id, state.layer, date);
+    img.dataset.layer = state.layer;
+    $(`${side}-caption`).textContent = caption;
+  }
+}
+
+registerPanel({
+  mode: "change", label: "Change detection", section: "change-panel", order: 20,
+  init(ctx) {
+    const { $, state } = ctx;
+    paintLegend();
+    $("toggle-change").addEventListener("change", ctx.refreshOverlays);
+    $("toggle-patch-map").addEventListener("change", ctx.refreshOverlays);
+    for (const id of ["series-field", "toggle-trend", "toggle-outliers"]) $(id).addEventListener("change", () => renderChart(ctx));
+    for (const side of ["before", "after"]) {
+      $(`${side}-date`).addEventListener("change", (e) => {
+        state[side] = e.target.value;
+        ctx.commit();
+        ctx.viewChanged();
+      });
+    }
+    $("open-split").addEventListener("click", () => ctx.guarded(async () => {
+      await ctx.setMode("compare");
+      if (ctx.app.series) ctx.fitBounds(ctx.app.series.bounds, { padding: 80, maxZoom: 16 });
+      ctx.commit();
+    }));
+  },
+  grid(ctx) {
+    const { $ } = ctx;
+    $("change-chip").hidden = true; $("change-hint").hidden = false;
+    ctx.setOverlayData("patch-map", EMPTY_FC);
+    $("map").dataset.patchMap = "";
+  },
+  enter(ctx) {
+    if (ctx.state.chip && ctx.app.series) showChange(ctx);
+  },
+  chip(ctx) {
+    showChange(ctx);
+  },
+  view(ctx) {
+    const { state, app } = ctx;
+    if (state.mode !== "change" || !app.series) return;
+    showBeforeAfter(ctx);
+    if (pickedDate) ctx.$("date-thumbnail").src = chipImageUrl(state.aoi, state.grid, app.series.chip_id, state.layer, pickedDate);
+  },
+});
