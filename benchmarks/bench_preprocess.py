@@ -1,14 +1,20 @@
-"""Step 1 throughput: AOI chips per second for one scene, ours against the reference approach.
+"""Step 1 throughput against the one-core decode ceiling, on the same synthetic scenes, in the same run.
 
-Ours: :func:`geofm.steps.preprocess.process_unit`, windowed reads of only the chips that meet the AOI, on the
-native UTM grid (coarser bands interpolated per chip), NetCDF + PNG per chip and the meta GeoParquet.
-Reference (../shared/reference/origin-notes.md section 2): read every band of the whole tile (rioxarray,
-masked), resample 20/60 m bands bilinear (SCL nearest) to the 10 m grid, reproject the whole stack to
-EPSG:4326, then slice chips. To favour the reference, it writes only the chips that meet the AOI (NetCDF +
-PNG) instead of all of them. Both run in this process, alternating, on the same synthetic scene (``geofm synth``,
-12 bands + SCL), ``--repeats`` times each after one untimed warm-up; medians and the ratio are printed.
+Scenes: ``geofm synth`` tile 33TWL, ``--dates`` scenes of ``--extent-m`` (default 4 scenes of 20.48 km =
+2048 px: 64 chips of 256 px each), 12 L2A bands + SCL, the whole tile chipped (``whole_tile``).
 
-    .venv/bin/python benchmarks/bench_preprocess.py [--extent-m 20480] [--chip-size 256] [--repeats 3]
+- ceiling: one thread reads, for every chip of every scene, the chip's window of every band (13 windowed
+  rasterio reads per chip, datasets opened once per scene) and nothing else: what decoding costs on one core.
+- step 1, all cores: ``preprocess.run`` over all the scenes with its defaults (scene workers x
+  ``chip_threads`` = the CPU count), as ``geofm preprocess`` runs it.
+- step 1, one scene: ``process_unit`` with ``chip_threads`` 1 and 2 (scaling within a scene).
+- ``--reference``: also the reference approach of origin-notes section 2 on one scene (whole-tile read,
+  resample to 10 m, reproject the stack to EPSG:4326, slice), as this benchmark measured before.
+
+Each measure runs ``--repeats`` times, alternating, after one untimed warm-up of step 1; medians are
+printed, and step 1's chips/s per core over the ceiling (target >= 0.25).
+
+    .venv/bin/python benchmarks/bench_preprocess.py [--extent-m 20480] [--dates 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -16,19 +22,24 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import os
 import shutil
 import statistics
 import tempfile
 import time
-from datetime import date
+from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import rioxarray
 import xarray as xr
 from PIL import Image
 from pyproj import Transformer
 from rasterio.enums import Resampling
+from rasterio.windows import Window
 from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
@@ -38,6 +49,16 @@ from geofm.aoi import load_aoi
 from geofm.config import PipelineConfig
 from geofm.steps import preprocess
 from geofm.synth import synthesize
+
+BANDS = [*sentinel2.L2A_BANDS, sentinel2.SCL_NAME]
+
+
+def make_scenes(root: Path, extent_m: float, n_dates: int) -> list[dict]:
+    """``n_dates`` synthetic scenes of tile 33TWL (summer dates, 5 days apart); their items."""
+    dates = [date(2023, 6, 1) + timedelta(days=5 * i) for i in range(n_dates)]
+    res = synthesize(str(root), aoi_name="bench", grid="33TWL", dates=dates, extent_m=extent_m, seed=0,
+                     into_layout=False)
+    return res.items
 
 
 def make_scene(root: Path, extent_m: float, aoi_share: float) -> tuple[dict, str]:
@@ -56,11 +77,53 @@ def make_scene(root: Path, extent_m: float, aoi_share: float) -> tuple[dict, str
     return res.items[0], str(aoi_path)
 
 
-def run_ours(item: dict, aoi: str, chip_size: int, out: Path) -> int:
+def step_config(out: Path, chip_size: int, **kw: object) -> PipelineConfig:
+    return PipelineConfig(aoi_name="bench", output_root=str(out), chip_size=chip_size, whole_tile=True, **kw)
+
+
+def install(cfg: PipelineConfig, items: list[dict]) -> None:
+    for item in items:
+        path = Path(cfg.layout.scene_metadata(item["id"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(item))
+
+
+def ceiling(items: list[dict], chip_size: int) -> int:
+    """Window reads of every band of every chip, one thread, nothing else; returns the chips read."""
+    n = 0
+    for item in items:
+        datasets = [rasterio.open(item["assets"][b]["href"]) for b in BANDS]
+        try:
+            fine = min(datasets, key=lambda d: d.res[0])
+            for y in range(fine.height // chip_size):
+                for x in range(fine.width // chip_size):
+                    for ds in datasets:
+                        k = fine.res[0] / ds.res[0]  # band pixels per fine pixel
+                        c0, r0 = math.floor(x * chip_size * k), math.floor(y * chip_size * k)
+                        c1, r1 = math.ceil((x + 1) * chip_size * k), math.ceil((y + 1) * chip_size * k)
+                        ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+                    n += 1
+        finally:
+            for ds in datasets:
+                ds.close()
+    return n
+
+
+def step1_all_cores(items: list[dict], chip_size: int, out: Path) -> int:
+    """``preprocess.run`` over every scene, defaults (all cores); returns the chips made."""
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PipelineConfig(aoi_name="bench", aoi=aoi, output_root=str(out), chip_size=chip_size, force=True)
-    Path(cfg.layout.scene_metadata(item["id"])).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.layout.scene_metadata(item["id"])).write_text(json.dumps(item))
+    cfg = step_config(out, chip_size)
+    install(cfg, items)
+    report = preprocess.run(cfg, quiet=True)
+    assert report.ok, report.summary()
+    return sum(int(r.info["chips"]) for r in report.results)
+
+
+def step1_one_scene(item: dict, chip_size: int, out: Path, threads: int) -> int:
+    """``process_unit`` for one scene with ``threads`` chip threads; returns the chips made."""
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = step_config(out, chip_size, chip_threads=threads)
+    install(cfg, [item])
     return int(preprocess.process_unit(cfg, item["id"])["chips"])
 
 
@@ -98,34 +161,66 @@ def run_reference(item: dict, aoi: str, chip_size: int, out: Path) -> int:
     return n
 
 
+def run_ours(item: dict, aoi: str, chip_size: int, out: Path) -> int:
+    """Step 1 on one scene's AOI chips (``process_unit``, default threads)."""
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = PipelineConfig(aoi_name="bench", aoi=aoi, output_root=str(out), chip_size=chip_size, force=True)
+    install(cfg, [item])
+    return int(preprocess.process_unit(cfg, item["id"])["chips"])
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float]:
+    t = time.perf_counter()
+    n = fn()
+    return n, time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--extent-m", type=float, default=20480.0, help="scene side in metres (tile: 109800)")
+    ap.add_argument("--dates", type=int, default=4, help="scenes (dates) of the tile")
     ap.add_argument("--chip-size", type=int, default=256)
-    ap.add_argument("--aoi-share", type=float, default=0.1, help="AOI area as a share of the scene")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--reference", action="store_true", help="also time the reference approach (AOI 10%%)")
     args = ap.parse_args()
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench-pre-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        item, aoi = make_scene(root / "scene", args.extent_m, args.aoi_share)
-        print(f"scene: {args.extent_m / 10:.0f} x {args.extent_m / 10:.0f} px at 10 m, 12 bands + SCL, "
-              f"chip {args.chip_size}, AOI {args.aoi_share:.0%} of the scene (synth {time.perf_counter() - t:.1f} s)")
-        times: dict[str, list[float]] = {"ours": [], "reference": []}
+        items = make_scenes(root / "scenes", args.extent_m, args.dates)
+        print(f"{len(items)} scenes of {args.extent_m / 10:.0f} x {args.extent_m / 10:.0f} px at 10 m, 12 bands + "
+              f"SCL, whole tile, chip {args.chip_size} (synth {time.perf_counter() - t:.1f} s); {cores} cores")
+        measures: dict[str, Callable[[], int]] = {
+            "ceiling (1 core)": lambda: ceiling(items, args.chip_size),
+            "step 1, all cores": lambda: step1_all_cores(items, args.chip_size, root / "all"),
+            "1 scene, 1 thread": lambda: step1_one_scene(items[0], args.chip_size, root / "one1", 1),
+            "1 scene, 2 threads": lambda: step1_one_scene(items[0], args.chip_size, root / "one2", 2),
+        }
+        if args.reference:
+            item, aoi = make_scene(root / "ref-scene", args.extent_m, 0.1)
+            measures["AOI 10%: ours"] = lambda: run_ours(item, aoi, args.chip_size, root / "ours")
+            measures["AOI 10%: reference"] = lambda: run_reference(item, aoi, args.chip_size, root / "ref")
+        step1_all_cores(items, args.chip_size, root / "warm")  # untimed warm-up: imports, GDAL, PROJ, HDF5
+        times: dict[str, list[float]] = {k: [] for k in measures}
         chips: dict[str, int] = {}
-        run_ours(item, aoi, args.chip_size, root / "warm")  # untimed warm-up: imports, GDAL, PROJ, HDF5
         for _ in range(args.repeats):
-            for name, fn in (("ours", run_ours), ("reference", run_reference)):
-                t = time.perf_counter()
-                chips[name] = fn(item, aoi, args.chip_size, root / name)
-                times[name].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rate = {k: chips[k] / med[k] for k in med}
-        for k in med:
-            print(f"{k:10s} chips {chips[k]:3d}  median {med[k]:7.2f} s  ({', '.join(f'{s:.2f}' for s in times[k])})"
-                  f"  {rate[k]:6.2f} chips/s")
-        print(f"ratio (ours / reference, chips per second): {rate['ours'] / rate['reference']:.1f}x")
-        print(f"machine: {machine()}")
+            for name, fn in measures.items():
+                chips[name], seconds = timed(fn)
+                times[name].append(seconds)
+        rate = {k: chips[k] / statistics.median(v) for k, v in times.items()}
+        for k, v in times.items():
+            print(f"{k:20s} chips {chips[k]:4d}  median {statistics.median(v):6.2f} s  "
+                  f"({', '.join(f'{s:.2f}' for s in v)})  {rate[k]:7.1f} chips/s")
+        ceil = rate["ceiling (1 core)"]
+        print(f"step 1 all cores, chips/s per core over the one-core ceiling: "
+              f"{rate['step 1, all cores'] / cores / ceil:.3f} (target >= 0.25)")
+        print(f"one scene, per core over the ceiling: 1 thread {rate['1 scene, 1 thread'] / ceil:.3f}, "
+              f"2 threads {rate['1 scene, 2 threads'] / 2 / ceil:.3f}; 2 threads / 1 thread: "
+              f"{rate['1 scene, 2 threads'] / rate['1 scene, 1 thread']:.2f}x")
+        if args.reference:
+            print(f"AOI 10%, ours / reference (chips per second): "
+                  f"{rate['AOI 10%: ours'] / rate['AOI 10%: reference']:.1f}x")
+        print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

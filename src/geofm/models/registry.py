@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -94,10 +94,17 @@ _MODELS: dict[str, ModelSpec] = {
 class Embedder(Protocol):
     spec: ModelSpec
     weights: str  # where its weights came from, in words ("RANDOM ..." when random)
+    pin_memory: bool  # inputs are best handed over in pinned memory (the model runs on CUDA)
+
+    def prepare(self, pixels: np.ndarray, bands: list[str]) -> np.ndarray:
+        """The CPU work on harmonised DN [B, C, H, W] before the model (thread-safe; a chip loader's
+        readers run it in parallel): ``embed(prepare(p), ..., prepared=True)`` equals ``embed(p, ...)``."""
+        ...
 
     def embed(
-        self, pixels: np.ndarray, bands: list[str], datetimes: list[datetime],
+        self, pixels: Any, bands: list[str], datetimes: list[datetime],
         lats: Sequence[float] | np.ndarray, lons: Sequence[float] | np.ndarray, gsd: float,
+        prepared: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -207,8 +214,9 @@ def normalise(pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
         raise ValueError(f"Clay has no normalisation statistics for bands {lacking}")
     mean = np.array([b.clay_mean for b in stats], dtype=np.float32)[None, :, None, None]
     std = np.array([b.clay_std for b in stats], dtype=np.float32)[None, :, None, None]
-    z = (pixels.astype(np.float32) - mean) / std
-    return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+    z = np.subtract(pixels, mean, dtype=np.float32)  # one new array, then in place: no large temporaries
+    np.divide(z, std, out=z)
+    return np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class ClayEmbedder:
@@ -219,6 +227,7 @@ class ClayEmbedder:
         self.device = device
         self.weights = weights
         self.encoder = encoder.to(device).eval()
+        self.pin_memory = device.type == "cuda"
         self._kernels: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _kernel(self, bands: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,15 +238,25 @@ class ClayEmbedder:
                 self._kernels[bands] = self.encoder.patch_embedding.kernel(waves)
         return self._kernels[bands]
 
+    def prepare(self, pixels: np.ndarray, bands: list[str]) -> np.ndarray:
+        """Clay's normalisation (see :func:`normalise`)."""
+        return normalise(pixels, bands)
+
     def embed(
-        self, pixels: np.ndarray, bands: list[str], datetimes: list[datetime],
+        self, pixels: Any, bands: list[str], datetimes: list[datetime],
         lats: Sequence[float] | np.ndarray, lons: Sequence[float] | np.ndarray, gsd: float,
+        prepared: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        pixels = np.asarray(pixels)
+        """Embeddings of harmonised DN [B, C, H, W] (numpy), or of ``prepare``'d pixels (numpy or a torch
+        tensor, pinned for an asynchronous copy to CUDA) when ``prepared``."""
+        if not isinstance(pixels, torch.Tensor):
+            pixels = np.asarray(pixels)
         if pixels.ndim != 4 or pixels.shape[1] != len(bands):
-            raise ValueError(f"pixels must be [B, {len(bands)}, H, W] for bands {bands}, got {pixels.shape}")
+            raise ValueError(f"pixels must be [B, {len(bands)}, H, W] for bands {bands}, "
+                             f"got {tuple(pixels.shape)}")
         key = tuple(band(b).name for b in bands)
-        x = torch.from_numpy(normalise(pixels, key)).to(self.device)
+        x = torch.as_tensor(pixels if prepared else normalise(pixels, key))
+        x = x.to(self.device, non_blocking=x.is_pinned())
         meta = torch.from_numpy(time_latlon(datetimes, lats, lons)).to(self.device)
         kernel = self._kernel(key)
         cuda = self.device.type == "cuda"

@@ -1,14 +1,17 @@
 """Step 1: cut each scene into chips on its native UTM grid (NetCDF + PNG) and write its chip meta.
 
 One scene is one unit of work. Only the chips that meet the AOI are made (all with ``whole_tile``),
-and only their windows are read from the COGs, chip by chip, so memory stays bounded by a chip.
+and only their windows are read from the COGs: :mod:`geofm.chipping` reads them a block of chips at a
+time and makes the chips on ``chip_threads`` threads, so memory stays bounded by a few windows.
 File contents follow docs/formats.md; the meta GeoParquet is written last, so its presence (with
 every file it lists) means the scene is complete.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from typing import Any
 
 import geopandas as gpd
@@ -19,11 +22,11 @@ import xarray as xr
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from geofm import geoparquet, netcdf, sentinel2, storage, thumbnails
+from geofm import chipping, geoparquet, netcdf, sentinel2, storage, thumbnails
 from geofm.aoi import load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
 from geofm.config import PipelineConfig
-from geofm.executors import map_units
+from geofm.executors import default_workers, map_units
 from geofm.report import StepReport
 from geofm.scene import SceneReader, item_datetime, load_item
 
@@ -74,9 +77,39 @@ def missing_share(bands: list[np.ndarray]) -> float:
 
 
 # ---- the chip NetCDF ------------------------------------------------------------------------------
+def chip_netcdf(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
+                attrs: dict[str, Any], when: pd.Timestamp) -> bytes:
+    """The chip datacube of docs/formats.md as NetCDF-4 bytes, written straight from the arrays: the same
+    file as ``netcdf_bytes(chip_dataset(...))`` (tests/test_chip_engine.py), without building a Dataset."""
+    t, (col, row) = grid.transform, (int(chip.window.col_off), int(chip.window.row_off))
+    n = grid.chip_size
+    plane = {"grid_mapping": "spatial_ref", "coordinates": "time spatial_ref"}
+    variables = {b: netcdf.Variable(("y", "x"), data[b].astype(np.float32, copy=False), plane) for b in bands}
+    scl = data[sentinel2.SCL_NAME].astype(np.uint8, copy=False)
+    variables[sentinel2.SCL_NAME] = netcdf.Variable(("y", "x"), scl, plane)
+    variables["x"] = netcdf.Variable(("x",), t.c + (col + np.arange(n) + 0.5) * t.a, _X_ATTRS)
+    variables["y"] = netcdf.Variable(("y",), t.f + (row + np.arange(n) + 0.5) * t.e, _Y_ATTRS)
+    variables["time"] = netcdf.Variable((), np.datetime64(when.tz_convert(None), "ns"))
+    geo = " ".join(str(v) for v in (t @ Affine.translation(col, row)).to_gdal())  # as rioxarray writes it
+    grid_mapping = {**_grid_mapping(grid.crs), "GeoTransform": geo}
+    variables["spatial_ref"] = netcdf.Variable((), np.int64(0), grid_mapping)
+    return netcdf.arrays_bytes(variables, attrs, complevel=NETCDF_COMPLEVEL, shuffle=True)
+
+
+_X_ATTRS = {"units": "m", "standard_name": "projection_x_coordinate", "long_name": "pixel centre x"}
+_Y_ATTRS = {"units": "m", "standard_name": "projection_y_coordinate", "long_name": "pixel centre y"}
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_mapping(crs: str) -> dict[str, Any]:
+    """The CF grid-mapping attributes of ``crs``, as rioxarray writes them (made once per CRS)."""
+    return dict(xr.Dataset().rio.write_crs(crs)["spatial_ref"].attrs)
+
+
 def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
                  attrs: dict[str, Any], when: pd.Timestamp) -> xr.Dataset:
-    """The chip datacube of docs/formats.md: one float32 variable per band, ``scl``, CF grid mapping."""
+    """The chip datacube of docs/formats.md as an xarray Dataset built with rioxarray (one float32
+    variable per band, ``scl``, CF grid mapping): the reference :func:`chip_netcdf` is tested against."""
     t, (col, row) = grid.transform, (int(chip.window.col_off), int(chip.window.row_off))
     n = grid.chip_size
     x = t.c + (col + np.arange(n) + 0.5) * t.a
@@ -146,14 +179,13 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> dict[str, Any]:
     aoi = _aoi(cfg)
     bands = list(cfg.s2_bands)
     read_bands = bands + [b for b in sentinel2.RGB_BANDS if b not in bands]
-    rows: list[dict[str, Any]] = []
-    with SceneReader(item, read_bands, scene_id, item_url) as reader:
+    threads = chipping.chip_threads(cfg.chip_threads, 1)
+    with SceneReader(item, read_bands, scene_id, item_url, cfg.remote_reads, threads) as reader:
         grid = reader.grid(cfg.chip_size)
         chips = list(grid.all_chips()) if aoi is None else grid.chips_meeting(aoi)
-        for chip in chips:
-            data = reader.read_chip(grid, chip)
-            rows.append(_write_chip(cfg, scene_id, grid_code, grid, chip, data, bands, when,
-                                    reader.offset))
+        rows = chipping.chip_scene(reader, grid, chips, functools.partial(
+            _write_chip, cfg, scene_id, grid_code, grid, bands=bands, when=when, offset=reader.offset),
+            threads)
     stale = _stale_files(layout.meta(scene_id), rows)
     write_meta(layout.meta(scene_id), rows)  # last: its presence means the scene is complete
     for url in stale:  # chips of an earlier run that this run no longer makes (the AOI changed, say)
@@ -185,7 +217,7 @@ def planned_chips(cfg: PipelineConfig, scene_id: str) -> int:
 
 
 def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGrid, chip: Chip,
-                data: dict[str, np.ndarray], bands: list[str], when: pd.Timestamp, offset: int
+                data: dict[str, np.ndarray], *, bands: list[str], when: pd.Timestamp, offset: int
                 ) -> dict[str, Any]:
     layout, size = cfg.layout, cfg.chip_size
     lon, lat = grid.centroid_wgs84(chip)
@@ -197,7 +229,7 @@ def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGr
     }
     nc_url = layout.raw_chip(scene_id, size, chip.x_dim, chip.y_dim)
     png_url = layout.rgb_thumbnail(scene_id, size, chip.x_dim, chip.y_dim)
-    storage.write_bytes(nc_url, netcdf_bytes(chip_dataset(data, bands, grid, chip, attrs, when)))
+    storage.write_bytes(nc_url, chip_netcdf(data, bands, grid, chip, attrs, when))
     storage.write_bytes(png_url, thumbnails.rgb_png(*(data[b] for b in sentinel2.RGB_BANDS)))
     minx, miny, maxx, maxy = chip.bounds
     return {
@@ -220,4 +252,8 @@ def run(cfg: PipelineConfig, quiet: bool = False) -> StepReport:
     if not scenes:
         log.warning("no scene items under %s; run `geofm discover` (or `geofm synth`) first",
                     cfg.layout.scenes_dir)
+    # scenes run in parallel workers (Ray: one CPU per task): share the cores among them
+    at_once = ((os.cpu_count() or 1) if cfg.executor == "ray"
+               else min(default_workers(cfg), max(1, len(scenes))))
+    cfg = cfg.model_copy(update={"chip_threads": chipping.chip_threads(cfg.chip_threads, at_once)})
     return map_units(process_unit, cfg, scenes, STEP, workers=cfg.workers, quiet=quiet)
