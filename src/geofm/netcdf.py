@@ -47,6 +47,7 @@ from isal import isal_zlib
 from xarray.coding.times import encode_cf_datetime
 
 NC_PROPERTIES = f"version=2,geofm-h5py,hdf5={h5py.version.hdf5_version},h5py={h5py.__version__}"
+_NC_PROPERTIES = np.array(NC_PROPERTIES, dtype=h5py.string_dtype("ascii", len(NC_PROPERTIES)))  # fixed length
 _NUMERIC_KINDS = "fiu"  # bool would need xarray's int8 + dtype attribute encoding: refused
 ISAL_MAX_LEVEL = 3  # ISA-L's deflate levels (its own scale, not zlib's): 1 fastest, 3 smallest
 
@@ -113,8 +114,8 @@ def arrays_bytes(variables: Mapping[str, Variable], attrs: Mapping[Hashable, Any
             _set_attr(ids[name], "_Netcdf4Coordinates", dim_ids)
             _set_attr(ids[name], "_Netcdf4Dimid", dim_ids[0])
         _write_attrs(f.id, attrs, "global")
-        ncp = h5py.string_dtype("ascii", len(NC_PROPERTIES))
-        f.attrs["_NCProperties"] = np.array(NC_PROPERTIES, dtype=ncp)  # marks a netCDF-4 file for netCDF-C
+        _set_attr(f.id, "_NCProperties", _NC_PROPERTIES)  # marks a netCDF-4 file for netCDF-C
+        ids.clear()  # closed now: the file's close then has no open object left to hunt down
     return buf.getvalue()
 
 
@@ -220,19 +221,21 @@ def _set_attr(target: h5py.h5o.ObjectID, name: str, value: Any) -> None:
     """Create attribute ``name`` as ``target.attrs[name] = value`` would, through the low-level API
     (several times faster than the attribute manager, which checks for and replaces an existing one),
     with the value's HDF5 types and dataspace made once (a chip repeats most of its attributes)."""
-    bname, data, htype, mtype, space = _attr_parts(name, value)
-    attr = h5a.create(target, bname, htype, space)
+    bname, data, htype, mtype = _attr_parts(name, value)
+    attr = h5a.create(target, bname, htype, h5s.create_simple(data.shape))
     try:
         attr.write(data, mtype=mtype)
     finally:
         attr.close()
 
 
-_ATTR_PARTS: dict[tuple[str, Hashable], tuple[bytes, np.ndarray, h5t.TypeID, h5t.TypeID, h5s.SpaceID]] = {}
+# values and types of attributes, made once; HDF5 objects kept here are few (h5py visits every live one
+# when a file closes), so dataspaces are made per attribute
+_ATTR_PARTS: dict[tuple[str, Hashable], tuple[bytes, np.ndarray, h5t.TypeID, h5t.TypeID]] = {}
 _ATTR_PARTS_MAX = 4096  # bounded: cleared when full
 
 
-def _attr_parts(name: str, value: Any) -> tuple[bytes, np.ndarray, h5t.TypeID, h5t.TypeID, h5s.SpaceID]:
+def _attr_parts(name: str, value: Any) -> tuple[bytes, np.ndarray, h5t.TypeID, h5t.TypeID]:
     key = (name, _frozen(value))
     parts = _ATTR_PARTS.get(key)
     if parts is None:
@@ -240,7 +243,7 @@ def _attr_parts(name: str, value: Any) -> tuple[bytes, np.ndarray, h5t.TypeID, h
         data = np.array(data, order="C")  # a copy of its own (ascontiguousarray would make 0-d into 1-d)
         data.flags.writeable = False
         htype, mtype = _htypes(data.dtype)
-        parts = (name.encode(), data, htype, mtype, h5s.create_simple(data.shape))
+        parts = (name.encode(), data, htype, mtype)
         if len(_ATTR_PARTS) >= _ATTR_PARTS_MAX:
             _ATTR_PARTS.clear()
         _ATTR_PARTS[key] = parts

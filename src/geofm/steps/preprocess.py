@@ -59,21 +59,23 @@ def _aoi(cfg: PipelineConfig) -> BaseGeometry | None:
 
 
 # ---- quality shares -------------------------------------------------------------------------------
+_CLOUDY = np.isin(np.arange(256), list(sentinel2.SCL_CLOUD_CLASSES - {sentinel2.NODATA}))  # by SCL class
+
+
 def cloud_share(scl: np.ndarray) -> float:
     """Share of valid SCL pixels (class != 0) in the cloud classes; 1.0 when no SCL pixel is valid."""
-    valid = scl != sentinel2.NODATA
-    n = int(valid.sum())
+    n = int(np.count_nonzero(scl != sentinel2.NODATA))
     if n == 0:
         return 1.0
-    return float(np.isin(scl[valid], list(sentinel2.SCL_CLOUD_CLASSES)).sum() / n)
+    return float(np.count_nonzero(_CLOUDY[scl]) / n)
 
 
 def missing_share(bands: list[np.ndarray]) -> float:
     """Share of chip pixels where any band is nodata (NaN)."""
-    missing = np.zeros(bands[0].shape, bool)
-    for b in bands:
+    missing = np.isnan(bands[0])
+    for b in bands[1:]:
         missing |= np.isnan(b)
-    return float(missing.mean())
+    return float(np.count_nonzero(missing) / missing.size)
 
 
 # ---- the chip NetCDF ------------------------------------------------------------------------------
