@@ -48,17 +48,16 @@ from geofm import sentinel2
 from geofm.aoi import load_aoi
 from geofm.config import PipelineConfig
 from geofm.steps import preprocess
-from geofm.synth import synthesize
+from geofm.synth import SynthResult, synthesize
 
 BANDS = [*sentinel2.L2A_BANDS, sentinel2.SCL_NAME]
 
 
-def make_scenes(root: Path, extent_m: float, n_dates: int) -> list[dict]:
-    """``n_dates`` synthetic scenes of tile 33TWL (summer dates, 5 days apart); their items."""
+def make_scenes(root: Path, extent_m: float, n_dates: int) -> SynthResult:
+    """``n_dates`` synthetic scenes of tile 33TWL (summer dates, 5 days apart)."""
     dates = [date(2023, 6, 1) + timedelta(days=5 * i) for i in range(n_dates)]
-    res = synthesize(str(root), aoi_name="bench", grid="33TWL", dates=dates, extent_m=extent_m, seed=0,
-                     into_layout=False)
-    return res.items
+    return synthesize(str(root), aoi_name="bench", grid="33TWL", dates=dates, extent_m=extent_m, seed=0,
+                      into_layout=False)
 
 
 def make_scene(root: Path, extent_m: float, aoi_share: float) -> tuple[dict, str]:
@@ -187,7 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pre-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        items = make_scenes(root / "scenes", args.extent_m, args.dates)
+        items = make_scenes(root / "scenes", args.extent_m, args.dates).items
         print(f"{len(items)} scenes of {args.extent_m / 10:.0f} x {args.extent_m / 10:.0f} px at 10 m, 12 bands + "
               f"SCL, whole tile, chip {args.chip_size} (synth {time.perf_counter() - t:.1f} s); {cores} cores")
         measures: dict[str, Callable[[], int]] = {

@@ -17,23 +17,19 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's HTTP server
 
 from _machine import machine  # noqa: E402
+from bench_preprocess import make_scenes, step1_all_cores  # noqa: E402
 from fixtures.http_server import FaultyHTTPServer, serve_items  # noqa: E402
-from geofm.config import PipelineConfig  # noqa: E402
-from geofm.steps import preprocess  # noqa: E402
-from geofm.synth import synthesize  # noqa: E402
 
 CHUNK = 65536
 
@@ -56,6 +52,11 @@ class DelayProxy:
         self._ready.set()
         self.loop.run_forever()
         server.close()
+        tasks = asyncio.all_tasks(self.loop)  # connections the client kept alive
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -104,18 +105,6 @@ class DelayProxy:
         self._thread.join(timeout=10)
 
 
-def run_step1(items: list[dict], out: Path, chip_size: int) -> int:
-    shutil.rmtree(out, ignore_errors=True)
-    cfg = PipelineConfig(aoi_name="bench", output_root=str(out), chip_size=chip_size, whole_tile=True)
-    for item in items:
-        path = Path(cfg.layout.scene_metadata(item["id"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(item))
-    report = preprocess.run(cfg, quiet=True)
-    assert report.ok, report.summary()
-    return sum(int(r.info["chips"]) for r in report.results)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--delay-ms", type=float, default=25.0, help="added latency in each direction")
@@ -126,16 +115,14 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
         root = Path(tmp)
-        dates = [date(2023, 6, 1) + timedelta(days=5 * i) for i in range(args.dates)]
-        res = synthesize(str(root / "scenes"), aoi_name="bench", grid="33TWL", dates=dates,
-                         extent_m=args.extent_m, seed=0, into_layout=False)
+        res = make_scenes(root / "scenes", args.extent_m, args.dates)
         archive = Path(res.archive_dir)
         with FaultyHTTPServer(archive) as server, DelayProxy(server.port, args.delay_ms / 1000) as proxy:
             remote = [json.loads(json.dumps(it).replace(f"127.0.0.1:{server.port}", f"127.0.0.1:{proxy.port}"))
                       for it in serve_items(res.items, archive, server)]
             runs: dict[str, Callable[[], int]] = {
-                "local files": lambda: run_step1(res.items, root / "local", args.chip_size),
-                f"HTTP, {2 * args.delay_ms:.0f} ms RTT": lambda: run_step1(remote, root / "remote", args.chip_size),
+                "local files": lambda: step1_all_cores(res.items, args.chip_size, root / "local"),
+                f"HTTP, {2 * args.delay_ms:.0f} ms RTT": lambda: step1_all_cores(remote, args.chip_size, root / "remote"),
             }
             for fn in runs.values():  # untimed warm-up of each
                 fn()

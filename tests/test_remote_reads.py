@@ -144,3 +144,36 @@ def test_a_bad_file_served_fine_is_bad_input_not_a_network_failure(synth_scenes:
     error = report.results[0].error or ""
     assert report.results[0].status == "failed" and error.startswith("SceneError"), error
     assert "asset 'red'" in error and server.url("B04.tif") in error, error
+
+
+@pytest.mark.parametrize(("fault", "cause"), [("cut", "body cut off"), ("stall", "timeout")])
+def test_exhausted_reads_name_a_cut_off_or_stalled_transfer(fault: str, cause: str, synth_scenes: SynthResult,
+                                                            tmp_path: Path) -> None:
+    """Every body cut off halfway, or stalled past the low-speed limit: the error says which."""
+    always = Faults(cut_rate=1.0 if fault == "cut" else 0.0, stall_rate=1.0 if fault == "stall" else 0.0,
+                    stall_s=4, max_stalls=10**6, max_in_a_row=10**6)
+    with FaultyHTTPServer(archive(synth_scenes), always) as server:
+        items = serve_items([synth_scenes.item(synth_scenes.scene_ids[0])], archive(synth_scenes), server)
+        _, report = run_step1(items, tmp_path / "out", retries=0, remote_low_speed_time=1,
+                              remote_connect_timeout=1, remote_read_attempts=2, remote_retries=1,
+                              remote_retry_delay=0.05)
+        url_prefix = server.url("")
+    error = report.results[0].error or ""
+    assert report.results[0].status == "failed" and error.startswith("RemoteReadError"), error
+    assert url_prefix in error and cause in error and "after 2 attempts" in error, error
+
+
+def test_gdal_settings_come_from_the_named_parameters() -> None:
+    cfg = PipelineConfig(remote_retries=7, remote_retry_delay=0.25, remote_retry_codes="503",
+                         remote_connect_timeout=4, remote_low_speed_time=6, remote_low_speed_limit=10)
+    env = storage.gdal_env("https://bucket.example/B04.tif", remote=cfg.remote_reads)
+    assert env["GDAL_HTTP_MAX_RETRY"] == "7" and env["GDAL_HTTP_RETRY_DELAY"] == "0.25"
+    assert env["GDAL_HTTP_RETRY_CODES"] == "503" and env["GDAL_HTTP_CONNECTTIMEOUT"] == "4.0"
+    assert env["GDAL_HTTP_LOW_SPEED_TIME"] == "6" and env["GDAL_HTTP_LOW_SPEED_LIMIT"] == "10"
+    assert env["CPL_VSIL_CURL_USE_HEAD"] == "YES"  # sizes by HEAD, not by a GET of the whole file
+    defaults = storage.gdal_env("http://x/a.tif")
+    assert defaults["GDAL_HTTP_MAX_RETRY"] == str(PipelineConfig().remote_retries)
+    assert "GDAL_HTTP_MAX_RETRY" not in storage.gdal_env("/data/B04.tif")  # local files: no HTTP settings
+    assert storage.gdal_env("s3://b/B04.tif")["CPL_VSIL_CURL_USE_HEAD"] == "NO"
+    with pytest.raises(ValueError, match="remote_retry_codes"):
+        PipelineConfig(remote_retry_codes="5O3")

@@ -172,7 +172,7 @@ def permanent(cause: str | None) -> bool:
 def probe(href: str, settings: RemoteReadSettings) -> str | None:
     """One bounded request for the first bytes of ``href``: the network cause of a failure, or None
     when the server answers it fully."""
-    timeout = settings.connect_timeout + settings.low_speed_time
+    timeout = max(settings.connect_timeout, settings.low_speed_time)  # per connect and per read
     if storage.is_s3(href):
         try:
             storage.filesystem(href).cat_file(href, start=0, end=PROBE_BYTES)
