@@ -4,9 +4,11 @@ unreadable chips reported with their batch, and the prepared path of the embedde
 from __future__ import annotations
 
 import functools
+import io
 from datetime import datetime
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -93,3 +95,13 @@ def test_read_bands_decodes_every_stored_integer_type_as_written() -> None:
         got = netcdf.read_bands(blob, ["red", "dem", "scl"], "x.nc")
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, np.stack([values[k].astype(np.float32) for k in ("red", "dem", "scl")]))
+
+
+def test_read_bands_of_a_variable_never_written_gives_its_fill_value() -> None:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.create_dataset("red", shape=(4, 4), dtype="f4", chunks=(4, 4), compression="gzip", shuffle=True,
+                         fillvalue=np.float32(np.nan))
+    out = np.zeros((1, 4, 4), np.float32)
+    assert netcdf.read_bands(buf.getvalue(), ["red"], "x.nc", out) is out
+    assert np.isnan(out).all()

@@ -289,8 +289,9 @@ def _attr_value(value: Any, what: str) -> Any:
 _PACKING = ("scale_factor", "add_offset")
 
 
-def read_bands(data: bytes, names: list[str], source: str) -> np.ndarray:
-    """Variables ``names`` of a NetCDF-4 file (its bytes) as float32 [C, H, W], NaN where nodata.
+def read_bands(data: bytes, names: list[str], source: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Variables ``names`` of a NetCDF-4 file (its bytes) as float32 [C, H, W], NaN where nodata; into
+    ``out`` (float32, C-contiguous, of that shape) when given.
 
     Reads the HDF5 datasets with h5py, several times faster than ``xr.open_dataset`` per chip; a variable
     stored as one chunk through shuffle + deflate (as step 1 writes them) is taken as its raw chunk and
@@ -313,7 +314,11 @@ def read_bands(data: bytes, names: list[str], source: str) -> np.ndarray:
     if plain:
         if len(shapes) != 1:
             raise ValueError(f"{source}: bands {names} differ in shape ({sorted(shapes)})")
-        out = np.empty((len(names), *shapes.pop()), np.float32)
+        shape = (len(names), *shapes.pop())
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape:
+            raise ValueError(f"{source}: chip shape {shape}, expected {out.shape}")
         for k, chunk in enumerate(chunks):
             if chunk is None:
                 out[k] = plain_arrays[k]
@@ -321,7 +326,13 @@ def read_bands(data: bytes, names: list[str], source: str) -> np.ndarray:
                 chunk.decode_into(out[k])
         return out
     with xr.open_dataset(io.BytesIO(data), engine="h5netcdf") as ds:
-        return np.stack([ds[n].values.astype(np.float32) for n in names])
+        values = np.stack([ds[n].values.astype(np.float32) for n in names])
+    if out is None:
+        return values
+    if out.shape != values.shape:
+        raise ValueError(f"{source}: chip shape {values.shape}, expected {out.shape}")
+    out[...] = values
+    return out
 
 
 def _plain(dset: h5py.Dataset) -> bool:
@@ -365,15 +376,20 @@ class _Chunk:
 
 def _raw_chunk(dset: h5py.Dataset) -> _Chunk | None:
     """The dataset's stored chunk when it is one chunk through (shuffle +) deflate only, else None."""
-    if dset.chunks != dset.shape or not dset.shape or dset.dtype.kind not in _NUMERIC_KINDS:
+    did = dset.id  # the low-level calls: a fraction of the high-level properties' cost
+    plist = did.get_create_plist()
+    shape = did.shape
+    if not shape or plist.get_layout() != h5d.CHUNKED or plist.get_chunk() != shape:
         return None
-    plist = dset.id.get_create_plist()
     filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
     if filters not in ([h5z.FILTER_DEFLATE], [h5z.FILTER_SHUFFLE, h5z.FILTER_DEFLATE]):
         return None
-    if dset.id.get_num_chunks() != 1:
-        return None  # never written: the fill value, which h5py reads
-    mask, data = dset.id.read_direct_chunk((0,) * dset.ndim)
+    dtype = did.dtype
+    if dtype.kind not in _NUMERIC_KINDS:
+        return None
+    if did.get_num_chunks() != 1:  # never written: the fill value, which h5py reads
+        return None
+    mask, data = did.read_direct_chunk((0,) * len(shape))
     if mask:  # a filter was skipped for this chunk
         return None
-    return _Chunk(bytes(data), dset.dtype, dset.shape, filters[0] == h5z.FILTER_SHUFFLE)
+    return _Chunk(data, dtype, shape, filters[0] == h5z.FILTER_SHUFFLE)

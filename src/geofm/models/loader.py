@@ -27,7 +27,8 @@ import numpy as np
 from geofm import netcdf, storage
 
 PREFETCH = 2  # batches filled while the model works on the current one
-Prepare = Callable[[np.ndarray], np.ndarray]  # [1, C, H, W] harmonised DN -> [1, C, H, W] model input
+Prepare = Callable[[np.ndarray], np.ndarray]  # [1, C, H, W] harmonised DN -> model input, in place if it can
+Read = Callable[[str, list[str], np.ndarray], np.ndarray]  # (url, bands, out [C, H, W]) -> out
 
 
 def default_readers(configured: int | None = None) -> int:
@@ -35,9 +36,10 @@ def default_readers(configured: int | None = None) -> int:
     return configured or max(1, os.cpu_count() or 1)
 
 
-def read_chip(url: str, bands: list[str]) -> np.ndarray:
-    """The chip's bands as float32 [C, H, W] (NaN = nodata); a missing band raises naming file and band."""
-    return netcdf.read_bands(storage.read_bytes(url), bands, url)
+def read_chip(url: str, bands: list[str], out: np.ndarray | None = None) -> np.ndarray:
+    """The chip's bands as float32 [C, H, W] (NaN = nodata), into ``out`` when given; a missing band or
+    another shape raises naming the file."""
+    return netcdf.read_bands(storage.read_bytes(url), bands, url, out)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class ChipLoader:
 
     def __init__(self, urls: Sequence[str], bands: list[str], shape: tuple[int, int], batch_size: int,
                  readers: int | None = None, prepare: Prepare | None = None, pin_memory: bool = False,
-                 prefetch: int = PREFETCH, read: Callable[[str, list[str]], np.ndarray] = read_chip) -> None:
+                 prefetch: int = PREFETCH, read: Read = read_chip) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.urls = list(urls)
@@ -92,12 +94,14 @@ class ChipLoader:
         return _Buffer(array, array)
 
     def _fill(self, slot: np.ndarray, url: str) -> str | None:
-        """Read and prepare one chip into ``slot``; None, or the error as text."""
+        """Read and prepare one chip in ``slot`` (decoded straight into it, prepared in place where the
+        embedder can: no per-chip arrays, whose fresh pages cost more than the work); None, or the error."""
         try:
-            chip = self._read(url, self.bands)
-            if chip.shape != self.chip_shape:
-                raise ValueError(f"{url}: chip shape {chip.shape}, expected {self.chip_shape}")
-            slot[...] = self.prepare(chip[None])[0] if self.prepare is not None else chip
+            self._read(url, self.bands, slot)
+            if self.prepare is not None:
+                prepared = self.prepare(slot[None])
+                if not np.shares_memory(prepared, slot):
+                    slot[...] = prepared[0]
             return None
         except Exception as exc:  # one unreadable chip is reported, the others go on
             return f"{type(exc).__name__}: {exc}"

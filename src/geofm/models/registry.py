@@ -98,7 +98,8 @@ class Embedder(Protocol):
 
     def prepare(self, pixels: np.ndarray, bands: list[str]) -> np.ndarray:
         """The CPU work on harmonised DN [B, C, H, W] before the model (thread-safe; a chip loader's
-        readers run it in parallel): ``embed(prepare(p), ..., prepared=True)`` equals ``embed(p, ...)``."""
+        readers run it in parallel), in place on float32 ``pixels`` where it can (they are the caller's
+        scratch): ``embed(prepare(p.copy()), ..., prepared=True)`` equals ``embed(p, ...)``."""
         ...
 
     def embed(
@@ -206,15 +207,16 @@ def time_latlon(datetimes: Sequence[datetime], lats: Sequence[float], lons: Sequ
     return np.asarray(rows, dtype=np.float32).reshape(-1, 8)
 
 
-def normalise(pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-    """(DN - mean) / std with Clay's statistics; NaN/inf (nodata) become 0, i.e. the band mean."""
+def normalise(pixels: np.ndarray, bands: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+    """(DN - mean) / std with Clay's statistics; NaN/inf (nodata) become 0, i.e. the band mean. Into
+    ``out`` (float32, may be ``pixels`` itself) when given."""
     stats = [band(b) for b in bands]
     lacking = [b.name for b in stats if b.clay_mean is None]
     if lacking:
         raise ValueError(f"Clay has no normalisation statistics for bands {lacking}")
     mean = np.array([b.clay_mean for b in stats], dtype=np.float32)[None, :, None, None]
     std = np.array([b.clay_std for b in stats], dtype=np.float32)[None, :, None, None]
-    z = np.subtract(pixels, mean, dtype=np.float32)  # one new array, then in place: no large temporaries
+    z = np.subtract(pixels, mean, dtype=np.float32, out=out)  # then in place: no large temporaries
     np.divide(z, std, out=z)
     return np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -239,8 +241,8 @@ class ClayEmbedder:
         return self._kernels[bands]
 
     def prepare(self, pixels: np.ndarray, bands: list[str]) -> np.ndarray:
-        """Clay's normalisation (see :func:`normalise`)."""
-        return normalise(pixels, bands)
+        """Clay's normalisation (see :func:`normalise`), in place on float32 pixels."""
+        return normalise(pixels, bands, out=pixels if pixels.dtype == np.float32 else None)
 
     def embed(
         self, pixels: Any, bands: list[str], datetimes: list[datetime],
