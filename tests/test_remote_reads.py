@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyogrio  # noqa: F401  (a second GDAL in the process, as geopandas brings: geofm must act on rasterio's)
 import pytest
 import xarray as xr
 

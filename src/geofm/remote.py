@@ -12,19 +12,16 @@ GDAL retries each HTTP request itself on 429/5xx and connection errors, with bac
 - GDAL reports HTTP statuses and transfer errors only as warnings. They are recorded per thread while an
   attempt runs (and kept off the console: the error says it); a read that fails for good raises
   :class:`~geofm.errors.RemoteReadError` naming the URL and the cause (HTTP status, timeout, cut-off).
-  When GDAL said nothing useful, one bounded request for the file's first bytes (:func:`probe`) finds
-  the cause; when that request is answered fine, the file itself is bad and the caller's own error
-  (bad input) is raised instead.
+  When GDAL said nothing useful (or its logger ``rasterio._err`` is silenced below WARNING), one bounded
+  request for the file's first bytes (:func:`probe`) finds the cause; when that request is answered
+  fine, the file itself is bad and the caller's own error (bad input) is raised instead.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
 import http.client
 import logging
-import os
 import re
 import threading
 import time
@@ -37,7 +34,7 @@ from functools import cache
 from http import HTTPStatus
 from typing import TypeVar
 
-import rasterio
+import rasterio._env
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
@@ -63,28 +60,20 @@ def gdal_path(href: str) -> str:
 
 @cache
 def _libgdal() -> ctypes.CDLL | None:
-    """The GDAL library rasterio runs on (the one already loaded in this process), or None."""
-    candidates: list[str] = []
+    """GDAL's C API as rasterio links it, or None.
+
+    Looked up through rasterio's own extension module (a symbol lookup on a library handle searches the
+    libraries it depends on), never by name: other packages (pyogrio, via geopandas) load a GDAL of their
+    own into the same process, whose cache is not rasterio's."""
     try:
-        with open("/proc/self/maps") as maps:  # Linux: exactly the library loaded
-            candidates += sorted({line.split()[-1] for line in maps if "libgdal" in line.rsplit("/", 1)[-1]})
-    except OSError:
-        pass
-    here = os.path.dirname(rasterio.__file__)
-    candidates += glob.glob(os.path.join(here, "..", "rasterio.libs", "libgdal*"))  # manylinux wheels
-    candidates += glob.glob(os.path.join(here, ".dylibs", "libgdal*"))  # macOS wheels
-    found = ctypes.util.find_library("gdal")
-    candidates += [found] if found else []
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(path)
-            lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
-            lib.VSICurlPartialClearCache.restype = None
-            return lib
-        except (OSError, AttributeError):
-            continue
-    log.warning("GDAL's library not found: remote reads cannot drop GDAL's cache before a retry")
-    return None
+        lib = ctypes.CDLL(rasterio._env.__file__)
+        lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+        lib.VSICurlPartialClearCache.restype = None
+        return lib
+    except (OSError, AttributeError):
+        log.warning("GDAL's VSICurlPartialClearCache not found: remote reads cannot drop GDAL's cache "
+                    "before a retry")
+        return None
 
 
 def clear_cached(href: str) -> None:
