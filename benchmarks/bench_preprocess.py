@@ -108,22 +108,24 @@ def ceiling(items: list[dict], chip_size: int) -> int:
     return n
 
 
-def step1_all_cores(items: list[dict], chip_size: int, out: Path) -> int:
-    """``preprocess.run`` over every scene, defaults (all cores); returns the chips made."""
+def fresh(out: Path, chip_size: int, items: list[dict], **kw: object) -> PipelineConfig:
+    """An empty output root with the items installed (untimed)."""
     shutil.rmtree(out, ignore_errors=True)
-    cfg = step_config(out, chip_size)
+    cfg = step_config(out, chip_size, **kw)
     install(cfg, items)
+    return cfg
+
+
+def step1_all_cores(cfg: PipelineConfig) -> int:
+    """``preprocess.run`` over every scene, defaults (all cores); returns the chips made."""
     report = preprocess.run(cfg, quiet=True)
     assert report.ok, report.summary()
     return sum(int(r.info["chips"]) for r in report.results)
 
 
-def step1_one_scene(item: dict, chip_size: int, out: Path, threads: int) -> int:
-    """``process_unit`` for one scene with ``threads`` chip threads; returns the chips made."""
-    shutil.rmtree(out, ignore_errors=True)
-    cfg = step_config(out, chip_size, chip_threads=threads)
-    install(cfg, [item])
-    return int(preprocess.process_unit(cfg, item["id"])["chips"])
+def step1_one_scene(cfg: PipelineConfig) -> int:
+    """``process_unit`` for the one scene installed; returns the chips made."""
+    return int(preprocess.process_unit(cfg, preprocess.units(cfg)[0])["chips"])
 
 
 def run_reference(item: dict, aoi: str, chip_size: int, out: Path) -> int:
@@ -168,9 +170,11 @@ def run_ours(item: dict, aoi: str, chip_size: int, out: Path) -> int:
     return int(preprocess.process_unit(cfg, item["id"])["chips"])
 
 
-def timed(fn: Callable[[], int]) -> tuple[int, float]:
+def timed(setup: Callable[[], object], fn: Callable[[object], int]) -> tuple[int, float]:
+    """``fn(setup())``, only ``fn`` timed."""
+    arg = setup()
     t = time.perf_counter()
-    n = fn()
+    n = fn(arg)
     return n, time.perf_counter() - t
 
 
@@ -181,30 +185,36 @@ def main() -> None:
     ap.add_argument("--chip-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reference", action="store_true", help="also time the reference approach (AOI 10%%)")
+    ap.add_argument("--out", default=None, help="where step 1 writes (default: the temporary folder; "
+                    "/dev/shm keeps other jobs' disk traffic out of the figures on a shared machine)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory(prefix="bench-pre-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-pre-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="bench-pre-out-", dir=args.out) as out_tmp:
         root = Path(tmp)
         t = time.perf_counter()
         items = make_scenes(root / "scenes", args.extent_m, args.dates).items
         print(f"{len(items)} scenes of {args.extent_m / 10:.0f} x {args.extent_m / 10:.0f} px at 10 m, 12 bands + "
               f"SCL, whole tile, chip {args.chip_size} (synth {time.perf_counter() - t:.1f} s); {cores} cores")
-        measures: dict[str, Callable[[], int]] = {
-            "ceiling (1 core)": lambda: ceiling(items, args.chip_size),
-            "step 1, all cores": lambda: step1_all_cores(items, args.chip_size, root / "all"),
-            "1 scene, 1 thread": lambda: step1_one_scene(items[0], args.chip_size, root / "one1", 1),
-            "1 scene, 2 threads": lambda: step1_one_scene(items[0], args.chip_size, root / "one2", 2),
+        out = Path(out_tmp)
+        size = args.chip_size
+        measures: dict[str, tuple[Callable[[], object], Callable[[object], int]]] = {
+            "ceiling (1 core)": (lambda: items, lambda its: ceiling(its, size)),
+            "step 1, all cores": (lambda: fresh(out / "all", size, items), step1_all_cores),
+            "1 scene, 1 thread": (lambda: fresh(out / "one1", size, items[:1], chip_threads=1), step1_one_scene),
+            "1 scene, 2 threads": (lambda: fresh(out / "one2", size, items[:1], chip_threads=2),
+                                   step1_one_scene),
         }
         if args.reference:
             item, aoi = make_scene(root / "ref-scene", args.extent_m, 0.1)
-            measures["AOI 10%: ours"] = lambda: run_ours(item, aoi, args.chip_size, root / "ours")
-            measures["AOI 10%: reference"] = lambda: run_reference(item, aoi, args.chip_size, root / "ref")
-        step1_all_cores(items, args.chip_size, root / "warm")  # untimed warm-up: imports, GDAL, PROJ, HDF5
+            measures["AOI 10%: ours"] = (lambda: None, lambda _: run_ours(item, aoi, size, out / "ours"))
+            measures["AOI 10%: reference"] = (lambda: None, lambda _: run_reference(item, aoi, size, out / "ref"))
+        step1_all_cores(fresh(out / "warm", size, items))  # untimed warm-up: imports, GDAL, PROJ, HDF5
         times: dict[str, list[float]] = {k: [] for k in measures}
         chips: dict[str, int] = {}
         for _ in range(args.repeats):
-            for name, fn in measures.items():
-                chips[name], seconds = timed(fn)
+            for name, (setup, fn) in measures.items():
+                chips[name], seconds = timed(setup, fn)
                 times[name].append(seconds)
         rate = {k: chips[k] / statistics.median(v) for k, v in times.items()}
         for k, v in times.items():

@@ -21,14 +21,13 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's HTTP server
 
 from _machine import machine  # noqa: E402
-from bench_preprocess import make_scenes, step1_all_cores  # noqa: E402
+from bench_preprocess import fresh, make_scenes, step1_all_cores, timed  # noqa: E402
 from fixtures.http_server import FaultyHTTPServer, serve_items  # noqa: E402
 
 CHUNK = 65536
@@ -120,20 +119,21 @@ def main() -> None:
         with FaultyHTTPServer(archive) as server, DelayProxy(server.port, args.delay_ms / 1000) as proxy:
             remote = [json.loads(json.dumps(it).replace(f"127.0.0.1:{server.port}", f"127.0.0.1:{proxy.port}"))
                       for it in serve_items(res.items, archive, server)]
-            runs: dict[str, Callable[[], int]] = {
-                "local files": lambda: step1_all_cores(res.items, args.chip_size, root / "local"),
-                f"HTTP, {2 * args.delay_ms:.0f} ms RTT": lambda: step1_all_cores(remote, args.chip_size, root / "remote"),
+            size = args.chip_size
+            runs: dict[str, tuple[Callable[[], object], Callable[[object], int]]] = {
+                "local files": (lambda: fresh(root / "local", size, res.items), step1_all_cores),
+                f"HTTP, {2 * args.delay_ms:.0f} ms RTT": (lambda: fresh(root / "remote", size, remote),
+                                                         step1_all_cores),
             }
-            for fn in runs.values():  # untimed warm-up of each
-                fn()
+            for setup, fn in runs.values():  # untimed warm-up of each
+                fn(setup())
             requests0 = server.counts["GET"] + server.counts["HEAD"]
             times: dict[str, list[float]] = {k: [] for k in runs}
             chips: dict[str, int] = {}
             for _ in range(args.repeats):
-                for name, fn in runs.items():
-                    t = time.perf_counter()
-                    chips[name] = fn()
-                    times[name].append(time.perf_counter() - t)
+                for name, (setup, fn) in runs.items():
+                    chips[name], seconds = timed(setup, fn)
+                    times[name].append(seconds)
             requests = server.counts["GET"] + server.counts["HEAD"] - requests0
         rate = {k: chips[k] / statistics.median(v) for k, v in times.items()}
         print(f"{len(res.items)} scenes of {args.extent_m / 10:.0f} px, 12 bands + SCL, whole tile, chip "

@@ -59,15 +59,16 @@ def _aoi(cfg: PipelineConfig) -> BaseGeometry | None:
 
 
 # ---- quality shares -------------------------------------------------------------------------------
-_CLOUDY = np.isin(np.arange(256), list(sentinel2.SCL_CLOUD_CLASSES - {sentinel2.NODATA}))  # by SCL class
+_CLOUDY = sorted(sentinel2.SCL_CLOUD_CLASSES - {sentinel2.NODATA})
 
 
 def cloud_share(scl: np.ndarray) -> float:
     """Share of valid SCL pixels (class != 0) in the cloud classes; 1.0 when no SCL pixel is valid."""
-    n = int(np.count_nonzero(scl != sentinel2.NODATA))
+    counts = np.bincount(scl.ravel(), minlength=256)  # one pass over the pixels: a count per class
+    n = int(scl.size - counts[sentinel2.NODATA])
     if n == 0:
         return 1.0
-    return float(np.count_nonzero(_CLOUDY[scl]) / n)
+    return float(int(counts[_CLOUDY].sum()) / n)
 
 
 def missing_share(bands: list[np.ndarray]) -> float:
