@@ -14,7 +14,8 @@ chips); the embedding step's loader (:class:`geofm.models.loader.ChipLoader`: re
 batch) feeds a model that returns at once, with 1 reader thread and with ``--readers`` (default: all
 cores); chips/s per reader and in all are printed (what the loader can feed a GPU with; target >= 300
 chips/s on the 2-core machine), against the step's previous input path measured in the same run (one
-prefetch thread reading whole batches, normalisation on the model's thread). Usage:
+prefetch thread reading whole batches, normalisation on the model's thread); chips per CPU-second say
+what each does when it has its cores (the machine may be shared). Usage:
     python benchmarks/bench_embed.py                      # CPU, a few chips (takes a couple of minutes)
     python benchmarks/bench_embed.py --device cuda --batch 32 --repeats 10
     python benchmarks/bench_embed.py --loader-only [--readers 2] [--batch 32] [--repeats 3]
@@ -153,21 +154,26 @@ def bench_loader(args: argparse.Namespace) -> None:
                 f"loader, {readers} readers": lambda: loader(readers)}
         loader(readers)  # warm-up: page cache, imports
         times: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
+        load = os.getloadavg()[0]
         for _ in range(args.repeats or 3):
             for name, fn in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 n = fn()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
         print(f"loader only: {len(urls)} chips ({len(urls) // 4} files x 4) of {len(bands)} bands, "
               f"{args.size} px, batch {batch}, Clay normalisation; the model returns at once")
         rate = {k: n / statistics.median(v) for k, v in times.items()}
         for k, v in times.items():
-            print(f"{k:36s} median {statistics.median(v):6.3f} s  {rate[k]:7.1f} chips/s")
+            print(f"{k:36s} median {statistics.median(v):6.3f} s  {rate[k]:7.1f} chips/s  "
+                  f"{n / statistics.median(cpu[k]):6.1f} chips per CPU-second")
         all_readers = rate[f"loader, {readers} readers"]
         print(f"per reader thread: {rate['loader, 1 reader']:.1f} chips/s; all {readers} readers: "
               f"{all_readers:.1f} chips/s (target >= 300); "
               f"{all_readers / rate['previous path (1 prefetch thread)']:.2f}x the previous path")
-        print(f"machine: {machine()}; load average: {os.getloadavg()[0]:.2f}")
+        print(f"machine: {machine()}; load average at the start: {load:.2f}, at the end: "
+              f"{os.getloadavg()[0]:.2f}")
 
 
 def main() -> None:

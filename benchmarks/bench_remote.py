@@ -132,7 +132,7 @@ def main() -> None:
             chips: dict[str, int] = {}
             for _ in range(args.repeats):
                 for name, (setup, fn) in runs.items():
-                    chips[name], seconds = timed(setup, fn)
+                    chips[name], seconds, _ = timed(setup, fn)
                     times[name].append(seconds)
             requests = server.counts["GET"] + server.counts["HEAD"] - requests0
         rate = {k: chips[k] / statistics.median(v) for k, v in times.items()}
