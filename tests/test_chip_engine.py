@@ -5,6 +5,7 @@ the xarray-built chip."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,7 @@ def test_windows_and_threads_give_the_chips_of_single_chip_reads(synth_scenes: S
         grid = r.grid(64)
         chips = list(grid.all_chips())
         one_by_one = {c.chip_id: r.read_chip(grid, c) for c in chips}
+    switch_interval = sys.getswitchinterval()
     for threads, window_px in ((1, 64), (3, 128), (2, 1024)):
         with reader(synth_scenes, scene, threads=threads) as r:
             got = chipping.chip_scene(r, r.grid(64), chips, lambda c, d: (c.chip_id, {k: v.copy()
@@ -85,6 +87,7 @@ def test_windows_and_threads_give_the_chips_of_single_chip_reads(synth_scenes: S
             for name, values in one_by_one[chip_id].items():
                 np.testing.assert_array_equal(data[name], values)
                 assert data[name].dtype == values.dtype
+    assert sys.getswitchinterval() == switch_interval  # shortened GIL turns while threads ran, restored
 
 
 def test_plan_windows_groups_chips_into_bounded_blocks() -> None:

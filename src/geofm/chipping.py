@@ -13,9 +13,12 @@ stays bounded by a few windows, never a whole tile.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -69,6 +72,36 @@ def plan_windows(chips: Sequence[Chip], chip_size: int, window_px: int = WINDOW_
     return out
 
 
+GIL_TURN_S = 0.0005  # interpreter switch interval while chip threads run (Python's default: 0.005)
+
+
+@contextlib.contextmanager
+def _short_gil_turns(on: bool) -> Iterator[None]:
+    """Shorter GIL turns while several chip threads run. A thread coming back from GIL-free work (a
+    deflate, a decode) waits for the GIL until the holder's turn ends; HDF5 through h5py holds it for
+    milliseconds of small calls, so with the default 5 ms turn the threads mostly take turns instead of
+    overlapping. Restored afterwards (it is the interpreter's setting)."""
+    if not on:
+        yield
+        return
+    with _TURNS_LOCK:  # scenes chipped at once in one process: the first sets, the last restores
+        if not _TURNS:
+            _TURNS.append(sys.getswitchinterval())
+            sys.setswitchinterval(min(_TURNS[0], GIL_TURN_S))
+        _TURNS.append(0.0)
+    try:
+        yield
+    finally:
+        with _TURNS_LOCK:
+            _TURNS.pop()
+            if len(_TURNS) == 1:
+                sys.setswitchinterval(_TURNS.pop())
+
+
+_TURNS: list[float] = []  # [the interval before, then one entry per chip_scene running with threads]
+_TURNS_LOCK = threading.Lock()
+
+
 def chip_scene(reader: SceneReader, grid: ChipGrid, chips: Sequence[Chip],
                make: Callable[[Chip, dict[str, np.ndarray]], R], threads: int = 1,
                window_px: int = WINDOW_PX) -> list[R]:
@@ -84,7 +117,8 @@ def chip_scene(reader: SceneReader, grid: ChipGrid, chips: Sequence[Chip],
         arrays = data.result()
         return [(chip.chip_id, make(chip, cw.view(arrays, chip))) for chip in cw.chips]
 
-    with ThreadPoolExecutor(read_ahead, thread_name_prefix="window-read") as reads, \
+    with _short_gil_turns(threads > 1), \
+            ThreadPoolExecutor(read_ahead, thread_name_prefix="window-read") as reads, \
             ThreadPoolExecutor(max(1, threads), thread_name_prefix="chip") as workers:
         pending: deque[Future[list[tuple[str, R]]]] = deque()
         try:
