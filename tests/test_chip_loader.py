@@ -105,3 +105,21 @@ def test_read_bands_of_a_variable_never_written_gives_its_fill_value() -> None:
     out = np.zeros((1, 4, 4), np.float32)
     assert netcdf.read_bands(buf.getvalue(), ["red"], "x.nc", out) is out
     assert np.isnan(out).all()
+
+
+def test_normalise_in_place_equals_the_formula() -> None:
+    """Clay's (DN - mean) / std, nodata (NaN, inf) as 0: the same in place (the loader's way) as not."""
+    rng = np.random.default_rng(9)
+    bands = ["blue", "nir", "swir22"]
+    x = rng.integers(0, 12000, (2, 3, 8, 8)).astype(np.float32)
+    x[0, 1, :2] = np.nan
+    x[1, 2, 3, 3] = np.inf
+    mean = np.array([1105.0, 2743.0, 1835.0], np.float32)[None, :, None, None]  # Clay's statistics
+    std = np.array([1809.0, 1742.0, 1379.0], np.float32)[None, :, None, None]
+    expected = (x - mean) / std
+    expected[~np.isfinite(expected)] = 0
+    np.testing.assert_allclose(normalise(x, bands), expected, rtol=1e-6)
+    scratch = x.copy()
+    assert normalise(scratch, bands, out=scratch) is scratch
+    np.testing.assert_array_equal(scratch, normalise(x, bands))
+    assert scratch[0, 1, 0, 0] == 0 and scratch[1, 2, 3, 3] == 0

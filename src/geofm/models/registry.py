@@ -218,7 +218,10 @@ def normalise(pixels: np.ndarray, bands: Sequence[str], out: np.ndarray | None =
     std = np.array([b.clay_std for b in stats], dtype=np.float32)[None, :, None, None]
     z = np.subtract(pixels, mean, dtype=np.float32, out=out)  # then in place: no large temporaries
     np.divide(z, std, out=z)
-    return np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    bad = np.isfinite(z)
+    np.logical_not(bad, out=bad)
+    np.copyto(z, np.float32(0), where=bad)
+    return z
 
 
 class ClayEmbedder:
