@@ -1,12 +1,13 @@
 """Chip one scene window by window on several threads: the scene-organised engine of step 1.
 
-The chips to make are grouped into windows of ``window_chips`` x ``window_chips`` chips of the tile's
-chip grid (1024 px a side by default, aligned with the COGs' blocks), and each window is read once per
+The chips to make are grouped into windows of whole chips of the tile's chip grid (up to ``window_px``,
+1024 px, a side, anchored at the grid origin like the COGs' blocks), and each window is read once per
 band (:meth:`geofm.scene.SceneReader.read_window`) and cut into chips. Windows are read ahead of the
 work on them (so remote round trips overlap the CPU work) and worked on by ``threads`` threads at once:
-the decoding (GDAL), resampling (numpy), deflate (ISA-L) and PNG deflate all release the GIL, so one
-scene uses every core it is given. At most ``threads + read_ahead`` windows are held at once: memory
-stays bounded by a few windows, never a whole tile.
+the decoding (GDAL), resampling (numpy), deflate (ISA-L) and PNG deflate release the GIL, so one scene
+uses the cores it is given; HDF5 through h5py holds it (about a quarter of a chip's CPU), which is what
+limits the gain of more threads in one scene. At most ``threads + read_ahead`` windows are held at once
+(~60 MB each for 12 bands + SCL): memory stays bounded by a few windows, never a whole tile.
 
 :func:`chip_threads` shares the machine between scenes running at once (the executor's workers).
 """
