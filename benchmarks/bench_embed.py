@@ -7,9 +7,18 @@ baseline: explicit matmul-softmax attention (vit-pytorch 1.6.8 form), torch.no_g
           kernel regenerated every call (as upstream does), same batch.
 
 Prints per-batch medians, chips/s, the ratio, and on GPU the model FLOP utilisation (analytic FLOPs per
-chip / peak dense bf16 of the card). Usage:
+chip / peak dense bf16 of the card).
+
+``--loader-only``: the input side alone. Step 1 chips a synthetic scene (10 of its bands are Clay's, 256 px
+chips); the embedding step's loader (:class:`geofm.models.loader.ChipLoader`: read, decode, Clay-normalise,
+batch) feeds a model that returns at once, with 1 reader thread and with ``--readers`` (default: all
+cores); chips/s per reader and in all are printed (what the loader can feed a GPU with; target >= 300
+chips/s on the 2-core machine), against the step's previous input path measured in the same run (one
+prefetch thread reading whole batches, normalisation on the model's thread); chips per CPU-second say
+what each does when it has its cores (the machine may be shared). Usage:
     python benchmarks/bench_embed.py                      # CPU, a few chips (takes a couple of minutes)
     python benchmarks/bench_embed.py --device cuda --batch 32 --repeats 10
+    python benchmarks/bench_embed.py --loader-only [--readers 2] [--batch 32] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -90,6 +99,83 @@ def bench_model(name: str, device: torch.device, batch: int, size: int, repeats:
     return res
 
 
+def bench_loader(args: argparse.Namespace) -> None:
+    """The loader alone: chips/s with 1 reader and with ``args.readers``, against the previous input path."""
+    import os
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import date
+    from pathlib import Path
+
+    import numpy as np
+
+    from _machine import machine
+    from geofm import storage
+    from geofm.config import PipelineConfig
+    from geofm.models.loader import ChipLoader, read_chip
+    from geofm.models.registry import normalise
+    from geofm.steps import preprocess
+    from geofm.synth import synthesize
+
+    bands = list(get_model_spec("clay-v1.5").bands)  # 10 bands
+    readers = args.readers or os.cpu_count() or 1
+    batch = args.batch or 32
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        res = synthesize(str(Path(tmp) / "scene"), grid="33TWL", dates=[date(2023, 7, 14)], extent_m=20480.0,
+                         seed=0, into_layout=False)
+        cfg = PipelineConfig(aoi_name="bench", output_root=str(Path(tmp) / "out"), chip_size=args.size,
+                             whole_tile=True)
+        storage.write_json(cfg.layout.scene_metadata(res.items[0]["id"]), res.items[0])
+        preprocess.process_unit(cfg, res.items[0]["id"])
+        urls = list(preprocess.read_meta(cfg.layout.meta(res.items[0]["id"]))["s3_location_netcdf"]) * 4
+        def prepare(pixels: np.ndarray) -> np.ndarray:  # as ClayEmbedder.prepare: in place
+            return normalise(pixels, bands, out=pixels)
+
+        def loader(n_readers: int) -> int:
+            n = 0
+            for b in ChipLoader(urls, bands, (args.size, args.size), batch, readers=n_readers, prepare=prepare):
+                n += len(b.index)  # the model: returns at once
+            return n
+
+        def previous() -> int:  # one prefetch thread reads a batch; normalise on the consuming thread
+            n = 0
+            starts = list(range(0, len(urls), batch))
+            with ThreadPoolExecutor(1) as pool:
+                load = lambda s: np.stack([read_chip(u, bands) for u in urls[s:s + batch]])  # noqa: E731
+                pending = pool.submit(load, starts[0])
+                for k in range(len(starts)):
+                    pixels = pending.result()
+                    if k + 1 < len(starts):
+                        pending = pool.submit(load, starts[k + 1])
+                    n += len(normalise(pixels, bands))
+            return n
+
+        runs = {"previous path (1 prefetch thread)": previous, "loader, 1 reader": lambda: loader(1),
+                f"loader, {readers} readers": lambda: loader(readers)}
+        loader(readers)  # warm-up: page cache, imports
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
+        load = os.getloadavg()[0]
+        for _ in range(args.repeats or 3):
+            for name, fn in runs.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                n = fn()
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+        print(f"loader only: {len(urls)} chips ({len(urls) // 4} files x 4) of {len(bands)} bands, "
+              f"{args.size} px, batch {batch}, Clay normalisation; the model returns at once")
+        rate = {k: n / statistics.median(v) for k, v in times.items()}
+        for k, v in times.items():
+            print(f"{k:36s} median {statistics.median(v):6.3f} s  {rate[k]:7.1f} chips/s  "
+                  f"{n / statistics.median(cpu[k]):6.1f} chips per CPU-second")
+        all_readers = rate[f"loader, {readers} readers"]
+        print(f"per reader thread: {rate['loader, 1 reader']:.1f} chips/s; all {readers} readers: "
+              f"{all_readers:.1f} chips/s (target >= 300); "
+              f"{all_readers / rate['previous path (1 prefetch thread)']:.2f}x the previous path")
+        print(f"machine: {machine()}; load average at the start: {load:.2f}, at the end: "
+              f"{os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -100,7 +186,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--peak-tflops", type=float, default=None, help="GPU dense bf16 peak for MFU")
+    ap.add_argument("--loader-only", action="store_true", help="time the chip loader with a model that "
+                    "returns at once")
+    ap.add_argument("--readers", type=int, default=None, help="loader threads (default: CPU count)")
     args = ap.parse_args()
+    if args.loader_only:
+        bench_loader(args)
+        return
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from geofm.errors import ConfigError, InvalidNameError
 from geofm.layout import Layout
 from geofm.sentinel2 import L2A_BANDS, band
+from geofm.storage import RemoteReadSettings
 from geofm.vectordb import DEFAULT_INDEX_MIN_ROWS, DEFAULT_INDEX_TYPE, VECTOR_INDEX_TYPES
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
+_REMOTE = RemoteReadSettings()  # the defaults of the remote_* parameters
 MAX_NAME_BYTES = 255  # a file name's limit on every common file system and an S3 key part's sanity bound
 
 
@@ -61,12 +63,35 @@ class PipelineConfig(BaseModel):
     s2_bands: list[str] = Field(default_factory=lambda: list(L2A_BANDS), description="Bands to chip.")
     chip_size: int = Field(256, gt=0, description="Chip side in pixels of the finest band grid.")
     whole_tile: bool = Field(False, description="Chip the whole tile, not only chips meeting the AOI.")
+    chip_threads: int | None = Field(
+        None, ge=1, description="Threads chipping one scene; default: CPU count / scenes running at once.")
+
+    # ---- remote reads (band COGs over http(s) and s3; see README "Remote reads") --------------
+    remote_retries: int = Field(_REMOTE.retries, ge=0, description="HTTP retries of one request on the "
+                                "retry codes and connection errors (GDAL_HTTP_MAX_RETRY).")
+    remote_retry_delay: float = Field(_REMOTE.retry_delay, gt=0, description="First retry wait, s; "
+                                      "doubled (with jitter) at each retry (GDAL_HTTP_RETRY_DELAY).")
+    remote_retry_codes: str = Field(_REMOTE.retry_codes, pattern=r"^(ALL|\d{3}(,\d{3})*)$",
+                                    description="HTTP statuses retried (GDAL_HTTP_RETRY_CODES).")
+    remote_connect_timeout: float = Field(_REMOTE.connect_timeout, gt=0,
+                                          description="Connect timeout, s (GDAL_HTTP_CONNECTTIMEOUT).")
+    remote_low_speed_time: int = Field(_REMOTE.low_speed_time, ge=1, description="Abort a transfer slower "
+                                       "than remote_low_speed_limit for this many s: a stall.")
+    remote_low_speed_limit: int = Field(_REMOTE.low_speed_limit, ge=1,
+                                        description="Bytes/s below which a transfer counts as stalled.")
+    remote_read_attempts: int = Field(_REMOTE.read_attempts, ge=1, description="Attempts of each band "
+                                      "open/read after GDAL's retries (cut-off or stalled bodies); the "
+                                      "file's cached state is dropped before each.")
+    remote_read_threads: int = Field(_REMOTE.read_threads, ge=1,
+                                     description="Band reads in flight per scene for remote COGs.")
 
     # ---- step 2: embed ---------------------------------------------------------------------
     model: str = Field("clay-v1", description="Registered model name (see `geofm models list`).")
     checkpoint: str | None = Field(None, description="Model checkpoint path or URL; default: model cache.")
     embed_bands: list[str] | None = Field(None, description="Bands fed to the model; default: model's.")
     batch_size: int = Field(32, gt=0, description="Chips per model batch.")
+    embed_readers: int | None = Field(None, ge=1, description="Threads reading and normalising chips for "
+                                      "the model; default: CPU count.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     patch_embeddings: bool = Field(True, description="Also write per-patch embeddings.")
     embed_max_missing: float = Field(0.0, ge=0, le=1, description="Skip chips with more missing data.")
@@ -138,6 +163,16 @@ class PipelineConfig(BaseModel):
         if self.change_threshold_high > self.change_threshold_medium:
             raise ValueError("change_threshold_high must not exceed change_threshold_medium")
         return self
+
+    @property
+    def remote_reads(self) -> RemoteReadSettings:
+        """The ``remote_*`` parameters, as :func:`geofm.storage.gdal_env` and the scene reader take them."""
+        return RemoteReadSettings(
+            retries=self.remote_retries, retry_delay=self.remote_retry_delay,
+            retry_codes=self.remote_retry_codes, connect_timeout=self.remote_connect_timeout,
+            low_speed_time=self.remote_low_speed_time,
+            low_speed_limit=self.remote_low_speed_limit, read_attempts=self.remote_read_attempts,
+            read_threads=self.remote_read_threads)
 
     @property
     def layout(self) -> Layout:

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -264,16 +265,45 @@ def ensure_writable(url: str) -> None:
         raise InputError(f"output location {url!r} is not writable: {exc}") from exc
 
 
-def gdal_env(*hrefs: str) -> dict[str, str]:
-    """GDAL config options so rasterio reads ``s3://`` from the endpoint in ``AWS_ENDPOINT_URL``.
+@dataclass(frozen=True)
+class RemoteReadSettings:
+    """How GDAL reads remote rasters (http(s), s3). The defaults are the pipeline's (``PipelineConfig``'s
+    ``remote_*`` parameters take theirs from here; see README "Remote reads")."""
 
-    Directory listing on open is switched off only when one of ``hrefs`` is remote (it costs requests
-    there); local files keep it, since their georeferencing may sit in ``.aux.xml`` sidecars.
+    retries: int = 5  # GDAL_HTTP_MAX_RETRY: retries of a request on the retry codes and connection errors
+    retry_delay: float = 0.5  # GDAL_HTTP_RETRY_DELAY, s: the first wait; GDAL doubles it (with jitter)
+    retry_codes: str = "429,500,502,503,504"  # GDAL_HTTP_RETRY_CODES: HTTP statuses worth a retry
+    connect_timeout: float = 10.0  # GDAL_HTTP_CONNECTTIMEOUT, s
+    low_speed_time: int = 10  # GDAL_HTTP_LOW_SPEED_TIME, s: a transfer this long below the limit is aborted
+    low_speed_limit: int = 1024  # GDAL_HTTP_LOW_SPEED_LIMIT, bytes/s
+    read_attempts: int = 3  # geofm's attempts of each open/read after GDAL's retries, caches dropped between
+    read_threads: int = 16  # band reads in flight per scene (hides the round trip of each request)
+
+
+def gdal_env(*hrefs: str, remote: RemoteReadSettings | None = None) -> dict[str, str]:
+    """GDAL config options for reading ``hrefs``: the one place GDAL's settings are made.
+
+    - ``s3://`` from the endpoint in ``AWS_ENDPOINT_URL`` (path-style, http or https as the endpoint says);
+    - remote hrefs: HTTP retries with exponential backoff on ``remote.retry_codes`` and connection errors,
+      connect and low-speed (stall) timeouts, no directory listing on open (it costs requests; local
+      files keep it, their georeferencing may sit in ``.aux.xml`` sidecars);
+    - file sizes by HEAD for http(s) (a GET of the whole file otherwise, aborted by the client); not for
+      S3, whose signed GETs GDAL handles itself.
     """
+    remote = remote or RemoteReadSettings()
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    opts: dict[str, str] = {"CPL_VSIL_CURL_USE_HEAD": "NO"}
+    http = any(is_remote(h) and not is_s3(h) for h in hrefs)
+    opts: dict[str, str] = {"CPL_VSIL_CURL_USE_HEAD": "YES" if http else "NO"}
     if any(is_remote(h) for h in hrefs):
-        opts["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
+        opts.update({
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            "GDAL_HTTP_MAX_RETRY": str(remote.retries),
+            "GDAL_HTTP_RETRY_DELAY": str(remote.retry_delay),
+            "GDAL_HTTP_RETRY_CODES": remote.retry_codes,
+            "GDAL_HTTP_CONNECTTIMEOUT": str(remote.connect_timeout),
+            "GDAL_HTTP_LOW_SPEED_TIME": str(remote.low_speed_time),
+            "GDAL_HTTP_LOW_SPEED_LIMIT": str(remote.low_speed_limit),
+        })
     if endpoint:
         parsed = urlparse(endpoint)
         opts["AWS_S3_ENDPOINT"] = parsed.netloc

@@ -6,10 +6,11 @@ a dark date dark. Nodata pixels are transparent.
 
 from __future__ import annotations
 
-import io
+import struct
+import zlib
 
 import numpy as np
-from PIL import Image
+from isal import isal_zlib
 
 from geofm.errors import InputError
 from geofm.sentinel2 import REFLECTANCE_SCALE
@@ -20,11 +21,32 @@ STRETCH_MAX = 0.3
 GAMMA = 2.0
 
 
-def to_uint8(dn: np.ndarray) -> np.ndarray:
-    """Harmonised DN (NaN = nodata) to 0..255 with the fixed stretch; NaN becomes 0."""
+def _stretch(dn: np.ndarray) -> np.ndarray:
+    """The stretch itself, in float64: harmonised DN to 0..255 (NaN becomes 0)."""
     refl = dn.astype(np.float64) / REFLECTANCE_SCALE
     scaled = np.clip((refl - STRETCH_MIN) / (STRETCH_MAX - STRETCH_MIN), 0.0, 1.0) ** (1.0 / GAMMA)
     return np.where(np.isnan(scaled), 0, np.round(scaled * 255)).astype(np.uint8)
+
+
+# DN at and above this give 255 (reflectance STRETCH_MAX); whole DN below it are looked up in a table
+_LUT_TOP = int(np.ceil(STRETCH_MAX * REFLECTANCE_SCALE))
+_LUT = _stretch(np.arange(_LUT_TOP + 1, dtype=np.float64))
+
+
+def to_uint8(dn: np.ndarray) -> np.ndarray:
+    """Harmonised DN (NaN = nodata) to 0..255 with the fixed stretch; NaN becomes 0.
+
+    Whole DN (every Sentinel-2 band: integers, harmonisation subtracts an integer) are looked up in a
+    table made by the same float64 formula (~10x faster, identical values); other values are computed."""
+    dn = np.asarray(dn)
+    nodata = np.isnan(dn)
+    clipped = np.clip(np.where(nodata, 0, dn), 0, _LUT_TOP)  # out-of-range values saturate like the formula
+    index = clipped.astype(np.intp)
+    if not np.array_equal(index, clipped):
+        return _stretch(dn)
+    out = _LUT[index]
+    out[nodata] = 0
+    return out
 
 
 def rgb_png(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> bytes:
@@ -35,6 +57,30 @@ def rgb_png(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> bytes:
     nodata = np.isnan(red) | np.isnan(green) | np.isnan(blue)
     rgba = np.dstack([to_uint8(red), to_uint8(green), to_uint8(blue),
                       np.where(nodata, 0, 255).astype(np.uint8)])
-    buf = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+    return png_rgba(rgba)
+
+
+def png_rgba(rgba: np.ndarray) -> bytes:
+    """An 8-bit RGBA image [H, W, 4] as PNG bytes: one IDAT of unfiltered rows, deflated by ISA-L.
+
+    A PNG is a signature and CRC-checked chunks (IHDR, IDAT = zlib stream of rows each led by its filter
+    byte, IEND). Unfiltered rows through ISA-L write a chip thumbnail in ~1 ms (Pillow's default: ~25 ms,
+    most of it adaptive filtering and zlib level 6) at a size within ~10%; any PNG reader decodes it."""
+    h, w, c = rgba.shape
+    if c != 4 or rgba.dtype != np.uint8:
+        raise ValueError(f"png_rgba needs uint8 [H, W, 4], got {rgba.dtype} {rgba.shape}")
+    rows = np.empty((h, 1 + 4 * w), np.uint8)
+    rows[:, 0] = 0  # filter type 0 (None) for every row
+    rows[:, 1:] = rgba.reshape(h, 4 * w)
+    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)  # 8 bits, RGBA, deflate, filter set 0, no interlace
+    image = isal_zlib.compress(rows.tobytes(), PNG_DEFLATE_LEVEL)
+    chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", image) + _png_chunk(b"IEND", b"")
+    return _PNG_SIGNATURE + chunks
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_DEFLATE_LEVEL = 2  # ISA-L's level (1-3)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

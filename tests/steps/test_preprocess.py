@@ -17,10 +17,10 @@ import xarray as xr
 from affine import Affine
 from PIL import Image
 from pyproj import Transformer
-from scipy.ndimage import map_coordinates
 from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
+from fixtures.raster_reference import bilinear_reference
 from geofm import columns, sentinel2, storage, thumbnails
 from geofm.config import PipelineConfig
 from geofm.errors import AoiError, SceneError
@@ -215,17 +215,6 @@ def syn_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig:
 def chip_ds(cfg: PipelineConfig, scene: str, chip_id: str) -> xr.Dataset:
     meta = preprocess.read_meta(cfg.layout.meta(scene)).set_index("chip_id")
     return xr.open_dataset(cfg.layout.resolve(meta.loc[chip_id, "s3_location_netcdf"]))
-
-
-def bilinear_reference(href: str, xs: np.ndarray, ys: np.ndarray, offset: int = 0) -> np.ndarray:
-    """Bilinear interpolation of a whole raster (minus ``offset``, clipped at 0) at map coordinates
-    (edges clamped), computed independently of the code under test."""
-    with rasterio.open(href) as src:
-        arr, t = np.maximum(src.read(1).astype(np.float64) - offset, 0), src.transform
-    u = (xs - t.c) / t.a - 0.5
-    v = (ys - t.f) / t.e - 0.5
-    vv, uu = np.meshgrid(v, u, indexing="ij")
-    return map_coordinates(arr, [vv, uu], order=1, mode="nearest")
 
 
 def test_syn_10m_exact_20m_and_60m_bilinear_scl_nearest(syn_run: PipelineConfig) -> None:

@@ -36,6 +36,10 @@ class UnitTask:
     def model_worker(self) -> bool:
         return self.step.model_worker
 
+    def sharing(self, units_at_once: int) -> UnitTask:
+        """This task for ``units_at_once`` units running at the same time (see ``Step.sharing``)."""
+        return UnitTask(self.step, self.step.sharing(self.cfg, units_at_once))
+
     def setup(self) -> None:
         """Once per worker before its first unit (loads the model of a model step)."""
         self.step.setup_worker(self.cfg)

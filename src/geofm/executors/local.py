@@ -84,6 +84,7 @@ class LocalExecutor(Executor):
         if not units:
             return
         n, devices = self.workers_for(task, len(units))
+        task = task.sharing(n)
         if n <= 1 and not devices:
             task.setup()
             for unit in units:

@@ -123,7 +123,7 @@ class RayExecutor(Executor):
         import ray
 
         remote = ray.remote(_run).options(num_cpus=1, max_retries=self.cfg.retries, retry_exceptions=False)
-        task_ref = ray.put(task)
+        task_ref = ray.put(task.sharing(os.cpu_count() or 1))  # one CPU per task: one thread of work
         limit = self.cfg.workers or 2 * self.resources()[0]
         todo = list(units)[::-1]
         pending: dict[Any, str] = {}

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,10 +31,18 @@ __all__ = ["ClayConfig", "ModelSpec", "build_clay", "get_model_spec", "list_mode
 class Embedder(Protocol):
     spec: ModelSpec
     weights: str  # where its weights came from, in words ("RANDOM ..." when random)
+    pin_memory: bool  # inputs are best handed over in pinned memory (the model runs on CUDA)
+
+    def prepare(self, pixels: np.ndarray, bands: list[str]) -> np.ndarray:
+        """The CPU work on harmonised DN [B, C, H, W] before the model (thread-safe; a chip loader's
+        readers run it in parallel), in place on float32 ``pixels`` where it can (they are the caller's
+        scratch): ``embed(prepare(p.copy()), ..., prepared=True)`` equals ``embed(p, ...)``."""
+        ...
 
     def embed(
-        self, pixels: np.ndarray, bands: list[str], datetimes: list[datetime],
+        self, pixels: Any, bands: list[str], datetimes: list[datetime],
         lats: Sequence[float] | np.ndarray, lons: Sequence[float] | np.ndarray, gsd: float,
+        prepared: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -115,16 +123,21 @@ def time_latlon(datetimes: Sequence[datetime], lats: Sequence[float], lons: Sequ
     return np.asarray(rows, dtype=np.float32).reshape(-1, 8)
 
 
-def normalise(pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-    """(DN - mean) / std with Clay's statistics; NaN/inf (nodata) become 0, i.e. the band mean."""
+def normalise(pixels: np.ndarray, bands: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+    """(DN - mean) / std with Clay's statistics; NaN/inf (nodata) become 0, i.e. the band mean. Into
+    ``out`` (float32, may be ``pixels`` itself) when given."""
     stats = [band(b) for b in bands]
     lacking = [b.name for b in stats if b.clay_mean is None]
     if lacking:
         raise ModelError(f"Clay has no normalisation statistics for bands {lacking}")
     mean = np.array([b.clay_mean for b in stats], dtype=np.float32)[None, :, None, None]
     std = np.array([b.clay_std for b in stats], dtype=np.float32)[None, :, None, None]
-    z = (pixels.astype(np.float32) - mean) / std
-    return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+    z = np.subtract(pixels, mean, dtype=np.float32, out=out)  # then in place: no large temporaries
+    np.divide(z, std, out=z)
+    bad = np.isfinite(z)
+    np.logical_not(bad, out=bad)
+    np.copyto(z, np.float32(0), where=bad)
+    return z
 
 
 class ClayEmbedder:
@@ -135,6 +148,7 @@ class ClayEmbedder:
         self.device = device
         self.weights = weights
         self.encoder = encoder.to(device).eval()
+        self.pin_memory = device.type == "cuda"
         self._kernels: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _kernel(self, bands: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,15 +159,25 @@ class ClayEmbedder:
                 self._kernels[bands] = self.encoder.patch_embedding.kernel(waves)
         return self._kernels[bands]
 
+    def prepare(self, pixels: np.ndarray, bands: list[str]) -> np.ndarray:
+        """Clay's normalisation (see :func:`normalise`), in place on float32 pixels."""
+        return normalise(pixels, bands, out=pixels if pixels.dtype == np.float32 else None)
+
     def embed(
-        self, pixels: np.ndarray, bands: list[str], datetimes: list[datetime],
+        self, pixels: Any, bands: list[str], datetimes: list[datetime],
         lats: Sequence[float] | np.ndarray, lons: Sequence[float] | np.ndarray, gsd: float,
+        prepared: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        pixels = np.asarray(pixels)
+        """Embeddings of harmonised DN [B, C, H, W] (numpy), or of ``prepare``'d pixels (numpy or a torch
+        tensor, pinned for an asynchronous copy to CUDA) when ``prepared``."""
+        if not isinstance(pixels, torch.Tensor):
+            pixels = np.asarray(pixels)
         if pixels.ndim != 4 or pixels.shape[1] != len(bands):
-            raise ModelError(f"pixels must be [B, {len(bands)}, H, W] for bands {bands}, got {pixels.shape}")
+            raise ModelError(f"pixels must be [B, {len(bands)}, H, W] for bands {bands}, "
+                             f"got {tuple(pixels.shape)}")
         key = tuple(band(b).name for b in bands)
-        x = torch.from_numpy(normalise(pixels, key)).to(self.device)
+        x = torch.as_tensor(pixels if prepared else normalise(pixels, key))
+        x = x.to(self.device, non_blocking=x.is_pinned())
         meta = torch.from_numpy(time_latlon(datetimes, lats, lons)).to(self.device)
         kernel = self._kernel(key)
         cuda = self.device.type == "cuda"

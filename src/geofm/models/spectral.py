@@ -102,9 +102,15 @@ class SpectralEmbedder:
     def __init__(self, spec: object) -> None:
         self.spec = spec
         self.weights = "none (weights-free)"
+        self.pin_memory = False  # runs on the CPU
+
+    def prepare(self, pixels: np.ndarray, bands: list[str]) -> np.ndarray:
+        """Nothing to do: the features are computed from the DN themselves."""
+        return pixels
 
     def embed(
         self, pixels: np.ndarray, bands: list[str], datetimes: list[datetime],
         lats: np.ndarray | list[float], lons: np.ndarray | list[float], gsd: float,
+        prepared: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         return spectral_features(np.asarray(pixels), list(bands))

@@ -64,6 +64,11 @@ class Step(ABC):
         """Work done once after the units, in the driver (e.g. loading the vector DB)."""
         return []
 
+    def sharing(self, cfg: PipelineConfig, units_at_once: int) -> PipelineConfig:
+        """The config a unit runs with when ``units_at_once`` units run at the same time (e.g. threads
+        per unit from the cores left to each); the parameters that shape outputs never change here."""
+        return cfg
+
     def setup_worker(self, cfg: PipelineConfig) -> None:
         """Once in each worker process before its first unit (e.g. load the model)."""
         return None

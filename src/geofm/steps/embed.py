@@ -1,30 +1,30 @@
 """Step 2: embed every chip of a scene with the configured model (class + patch embeddings as .npy).
 
 One scene is one unit of work; its input is what step 1 wrote for the scene. The scene's chips are
-read in batches by a prefetch thread while the model works on the previous batch; chips over the
-nodata/cloud limits are skipped and recorded. Files and meta columns follow docs/formats.md. The model
-is loaded once per worker process (module cache) and the step runs in model workers, one per device,
-never a pool of processes each holding a copy. Another model writes its own files (the layout puts the
-model name in the path) and takes over the meta columns.
+read, prepared (normalised) and batched by reader threads (:class:`geofm.models.loader.ChipLoader`,
+``embed_readers``) while the model works on a batch; chips over the nodata/cloud limits are skipped and
+recorded. Files and meta columns follow docs/formats.md. The model is loaded once per worker process
+(module cache) and the step runs in model workers, one per device, never a pool of processes each holding
+a copy. Another model writes its own files (the layout puts the model name in the path) and takes over
+the meta columns.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from geofm import geoparquet, markers, netcdf, storage
+from geofm import geoparquet, markers, storage
 from geofm.config import PipelineConfig
 from geofm.errors import ConfigError, ModelError, NotFoundError, SceneError
-from geofm.layout import Layout
 from geofm.models import spectral
+from geofm.models.loader import ChipLoader
 from geofm.models.registry import Embedder, ModelSpec, check_weights, get_model_spec, load_embedder
 from geofm.sentinel2 import band_tag
 from geofm.steps.base import Step, UnitOutput
@@ -76,11 +76,6 @@ read_meta = geoparquet.read
 write_meta = geoparquet.write  # atomic: one PUT or rename
 
 
-def read_chip(url: str, bands: list[str]) -> np.ndarray:
-    """The chip's bands as float32 [C, H, W] (NaN = nodata); a missing band raises naming file and band."""
-    return netcdf.read_bands(storage.read_bytes(url), bands, url)
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
     """A plain float32 .npy (no pickle)."""
     buf = io.BytesIO()
@@ -105,23 +100,6 @@ def _as_datetime(value: Any) -> datetime:
 
 
 # ---- one scene --------------------------------------------------------------------------------------
-def _batches(items: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _load_batch(layout: Layout, meta: pd.DataFrame, idx: list[int], bands: list[str]
-                ) -> list[tuple[int, np.ndarray | str]]:
-    out: list[tuple[int, np.ndarray | str]] = []
-    for i in idx:
-        url = layout.resolve(meta.at[i, "s3_location_netcdf"])
-        try:
-            out.append((i, read_chip(url, bands)))
-        except Exception as exc:  # one unreadable chip is recorded, the others go on
-            out.append((i, f"{type(exc).__name__}: {exc}"))
-    return out
-
-
 def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
     """Embed one scene's chips: .npy files, then the meta with the embedding columns."""
     layout = cfg.layout
@@ -138,32 +116,28 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
     embedder = get_embedder(cfg) if todo else None
 
     first_error: str | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chip-prefetch") as pool:
-        batches = list(_batches(todo, cfg.batch_size))
-        pending: Future[list[tuple[int, np.ndarray | str]]] | None = (
-            pool.submit(_load_batch, layout, meta, batches[0], bands) if batches else None
-        )
-        for b in range(len(batches)):
-            assert pending is not None
-            loaded = pending.result()
-            pending = (pool.submit(_load_batch, layout, meta, batches[b + 1], bands) if b + 1 < len(batches)
-                       else None)
-            good = [(i, a) for i, a in loaded if isinstance(a, np.ndarray)]
-            for i, err in loaded:
-                if isinstance(err, str):
-                    status[i] = STATUS_FAILED
-                    first_error = first_error or f"chip {meta.at[i, 'chip_id']}: {err}"
-                    log.warning("embed %s: chip %s unreadable: %s", scene_id, meta.at[i, "chip_id"], err)
-            if not good:
+    if todo:
+        assert embedder is not None
+        size = int(meta.at[todo[0], "chip_size"])
+        urls = [layout.resolve(meta.at[i, "s3_location_netcdf"]) for i in todo]
+        loader = ChipLoader(urls, bands, (size, size), cfg.batch_size, readers=cfg.embed_readers,
+                            prepare=functools.partial(embedder.prepare, bands=bands),
+                            pin_memory=embedder.pin_memory)
+        for batch in loader:  # chips read and prepared on reader threads while the model works
+            for pos, err in batch.failed:
+                i = todo[pos]
+                status[i] = STATUS_FAILED
+                first_error = first_error or f"chip {meta.at[i, 'chip_id']}: {err}"
+                log.warning("embed %s: chip %s unreadable: %s", scene_id, meta.at[i, "chip_id"], err)
+            if not batch.index:
                 continue
-            idx = [i for i, _ in good]
-            assert embedder is not None
+            idx = [todo[pos] for pos in batch.index]
             cls, patch = embedder.embed(
-                np.stack([a for _, a in good]), bands,
+                batch.pixels, bands,
                 [_as_datetime(meta.at[i, "datetime"]) for i in idx],
                 [float(meta.at[i, "centroid_lat"]) for i in idx],
                 [float(meta.at[i, "centroid_lon"]) for i in idx],
-                float(meta.at[idx[0], "gsd"]),
+                float(meta.at[idx[0], "gsd"]), prepared=True,
             )
             for k, i in enumerate(idx):
                 size, x, y = int(meta.at[i, "chip_size"]), int(meta.at[i, "x_dim"]), int(meta.at[i, "y_dim"])

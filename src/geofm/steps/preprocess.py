@@ -1,12 +1,14 @@
 """Step 1: cut each scene into chips on its native UTM grid (NetCDF + PNG) and write its chip meta.
 
-One scene is one unit of work; its inputs are the item JSON (and the AOI). Only the chips that meet
-the AOI are made (all with ``whole_tile``), and only their windows are read from the COGs, chip by
-chip, so memory stays bounded by a chip. File contents follow docs/formats.md.
+One scene is one unit of work. Only the chips that meet the AOI are made (all with ``whole_tile``),
+and only their windows are read from the COGs: :mod:`geofm.chipping` reads them a block of chips at a
+time and makes the chips on ``chip_threads`` threads, so memory stays bounded by a few windows.
+Its inputs are the item JSON (and the AOI); file contents follow docs/formats.md.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, ClassVar
 
@@ -18,7 +20,7 @@ import xarray as xr
 from affine import Affine
 from shapely.geometry.base import BaseGeometry
 
-from geofm import cf, columns, geoparquet, netcdf, sentinel2, storage, thumbnails
+from geofm import cf, chipping, columns, geoparquet, netcdf, sentinel2, storage, thumbnails
 from geofm.aoi import aoi_identity, load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
 from geofm.config import PipelineConfig
@@ -37,27 +39,64 @@ def _aoi(cfg: PipelineConfig) -> BaseGeometry | None:
 
 
 # ---- quality shares -------------------------------------------------------------------------------
+_CLOUDY = sorted(sentinel2.SCL_CLOUD_CLASSES - {sentinel2.NODATA})
+
+
 def cloud_share(scl: np.ndarray) -> float:
     """Share of valid SCL pixels (class != 0) in the cloud classes; 1.0 when no SCL pixel is valid."""
-    valid = scl != sentinel2.NODATA
-    n = int(valid.sum())
+    counts = np.bincount(scl.ravel(), minlength=256)  # one pass over the pixels: a count per class
+    n = int(scl.size - counts[sentinel2.NODATA])
     if n == 0:
         return 1.0
-    return float(np.isin(scl[valid], list(sentinel2.SCL_CLOUD_CLASSES)).sum() / n)
+    return float(int(counts[_CLOUDY].sum()) / n)
 
 
 def missing_share(bands: list[np.ndarray]) -> float:
     """Share of chip pixels where any band is nodata (NaN)."""
-    missing = np.zeros(bands[0].shape, bool)
-    for b in bands:
+    missing = np.isnan(bands[0])
+    for b in bands[1:]:
         missing |= np.isnan(b)
-    return float(missing.mean())
+    return float(np.count_nonzero(missing) / missing.size)
 
 
 # ---- the chip NetCDF ------------------------------------------------------------------------------
+def chip_netcdf(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
+                attrs: dict[str, Any], when: pd.Timestamp) -> bytes:
+    """The chip datacube of docs/formats.md (CF-1.10 attributes from :mod:`geofm.cf`) as NetCDF-4 bytes,
+    written straight from the arrays: the same file as ``netcdf_bytes(chip_dataset(...))``
+    (tests/steps/test_chip_engine.py), without building a Dataset."""
+    t, (col, row) = grid.transform, (int(chip.window.col_off), int(chip.window.row_off))
+    n = grid.chip_size
+    plane = {"grid_mapping": cf.GRID_MAPPING}
+    coords = {"coordinates": f"time {cf.GRID_MAPPING}"}
+    variables = {b: netcdf.Variable(("y", "x"), data[b].astype(np.float32, copy=False),
+                                    {**plane, **cf.band_attrs(b), **coords}) for b in bands}
+    scl = data[sentinel2.SCL_NAME].astype(np.uint8, copy=False)
+    variables[sentinel2.SCL_NAME] = netcdf.Variable(("y", "x"), scl, {**plane, **cf.scl_attrs(), **coords},
+                                                    {"_FillValue": cf.SCL_FILL})
+    no_fill = {"_FillValue": None}  # CF: coordinate variables have no fill value
+    variables["x"] = netcdf.Variable(("x",), t.c + (col + np.arange(n) + 0.5) * t.a,
+                                     cf.projection_coordinate_attrs("X"), no_fill)
+    variables["y"] = netcdf.Variable(("y",), t.f + (row + np.arange(n) + 0.5) * t.e,
+                                     cf.projection_coordinate_attrs("Y"), no_fill)
+    variables["time"] = netcdf.Variable((), np.datetime64(when.tz_convert(None), "ns"), cf.time_attrs())
+    geo = " ".join(str(v) for v in (t @ Affine.translation(col, row)).to_gdal())  # as rioxarray writes it
+    grid_mapping = {**_grid_mapping(grid.crs), "GeoTransform": geo, **cf.grid_mapping_attrs()}
+    variables[cf.GRID_MAPPING] = netcdf.Variable((), np.int64(0), grid_mapping)
+    global_attrs = {**cf.global_attrs(str(attrs.get("scene_id")), str(attrs.get("chip_id"))), **attrs}
+    return netcdf.arrays_bytes(variables, global_attrs, complevel=NETCDF_COMPLEVEL, shuffle=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_mapping(crs: str) -> dict[str, Any]:
+    """The CF grid-mapping attributes of ``crs``, as rioxarray writes them (made once per CRS)."""
+    return dict(xr.Dataset().rio.write_crs(crs)["spatial_ref"].attrs)
+
+
 def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
                  attrs: dict[str, Any], when: pd.Timestamp) -> xr.Dataset:
-    """The chip datacube of docs/formats.md: one float32 variable per band, ``scl``, CF grid mapping."""
+    """The chip datacube of docs/formats.md as an xarray Dataset built with rioxarray (one float32
+    variable per band, ``scl``, CF grid mapping): the reference :func:`chip_netcdf` is tested against."""
     t, (col, row) = grid.transform, (int(chip.window.col_off), int(chip.window.row_off))
     n = grid.chip_size
     x = t.c + (col + np.arange(n) + 0.5) * t.a
@@ -121,14 +160,13 @@ def process_unit(cfg: PipelineConfig, scene_id: str) -> UnitOutput:
     aoi = _aoi(cfg)
     bands = list(cfg.s2_bands)
     read_bands = bands + [b for b in sentinel2.RGB_BANDS if b not in bands]
-    rows: list[dict[str, Any]] = []
-    with SceneReader(item, read_bands, scene_id, item_url) as reader:
+    threads = chipping.chip_threads(cfg.chip_threads, 1)
+    with SceneReader(item, read_bands, scene_id, item_url, cfg.remote_reads, threads) as reader:
         grid = reader.grid(cfg.chip_size)
         chips = list(grid.all_chips()) if aoi is None else grid.chips_meeting(aoi)
-        for chip in chips:
-            data = reader.read_chip(grid, chip)
-            rows.append(_write_chip(cfg, scene_id, grid_code, grid, chip, data, bands, when,
-                                    reader.offset))
+        rows = chipping.chip_scene(reader, grid, chips, functools.partial(
+            _write_chip, cfg, scene_id, grid_code, grid, bands=bands, when=when, offset=reader.offset),
+            threads)
     write_meta(layout.meta(scene_id), rows)
     files = [layout.resolve(r[c]) for r in rows for c in columns.FILE_COLUMNS]
     return UnitOutput([*files, layout.meta(scene_id)],
@@ -146,7 +184,7 @@ def planned_chips(cfg: PipelineConfig, scene_id: str) -> int:
 
 
 def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGrid, chip: Chip,
-                data: dict[str, np.ndarray], bands: list[str], when: pd.Timestamp, offset: int
+                data: dict[str, np.ndarray], *, bands: list[str], when: pd.Timestamp, offset: int
                 ) -> dict[str, Any]:
     layout, size = cfg.layout, cfg.chip_size
     lon, lat = grid.centroid_wgs84(chip)
@@ -158,7 +196,7 @@ def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGr
     }
     nc_url = layout.raw_chip(scene_id, size, chip.x_dim, chip.y_dim)
     png_url = layout.rgb_thumbnail(scene_id, size, chip.x_dim, chip.y_dim)
-    storage.write_bytes(nc_url, netcdf_bytes(chip_dataset(data, bands, grid, chip, attrs, when)))
+    storage.write_bytes(nc_url, chip_netcdf(data, bands, grid, chip, attrs, when))
     storage.write_bytes(png_url, thumbnails.rgb_png(*(data[b] for b in sentinel2.RGB_BANDS)))
     minx, miny, maxx, maxy = chip.bounds
     return {
@@ -197,3 +235,8 @@ class Preprocess(Step):
 
     def process(self, cfg: PipelineConfig, unit: str) -> UnitOutput:
         return process_unit(cfg, unit)
+
+    def sharing(self, cfg: PipelineConfig, units_at_once: int) -> PipelineConfig:
+        """Scenes running at once share the cores: each gets its part of them as chip threads."""
+        threads = chipping.chip_threads(cfg.chip_threads, units_at_once)
+        return cfg.model_copy(update={"chip_threads": threads})
