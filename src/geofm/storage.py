@@ -244,14 +244,21 @@ def ensure_writable(url: str) -> None:
         raise InputError(f"output location {url!r} is not writable: {exc}") from exc
 
 
-def gdal_env(*hrefs: str) -> dict[str, str]:
-    """GDAL config options so rasterio reads ``s3://`` from the endpoint in ``AWS_ENDPOINT_URL``.
+# GDAL's raster block cache per process. GDAL's default is 5% of the machine's memory per process (1.2 GB
+# on 24 GB), which a whole-tile scene fills in every pool worker; 256 MB holds a whole row of 1024 px COG
+# blocks of all 13 bands and SCL, which is all that chips read row by row reuse.
+GDAL_CACHE_BYTES = 256 * 2**20
+
+
+def gdal_env(*hrefs: str) -> dict[str, str | int]:
+    """GDAL config options: a bounded block cache (:data:`GDAL_CACHE_BYTES`), and ``s3://`` read from the
+    endpoint in ``AWS_ENDPOINT_URL``.
 
     Directory listing on open is switched off only when one of ``hrefs`` is remote (it costs requests
     there); local files keep it, since their georeferencing may sit in ``.aux.xml`` sidecars.
     """
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    opts: dict[str, str] = {"CPL_VSIL_CURL_USE_HEAD": "NO"}
+    opts: dict[str, str | int] = {"CPL_VSIL_CURL_USE_HEAD": "NO", "GDAL_CACHEMAX": GDAL_CACHE_BYTES}
     if any(is_remote(h) for h in hrefs):
         opts["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
     if endpoint:
