@@ -266,16 +266,11 @@ class Results:
         import pandas as pd
 
         from geofm import geoparquet
-        from geofm.sentinel2 import parse_scene_id
+        from geofm.sentinel2 import scenes_of_grid
 
         lay = self.layout
         frames = []
-        for scene_id in lay.meta_scene_ids():
-            try:
-                if parse_scene_id(scene_id).grid != grid:
-                    continue
-            except ValueError:
-                continue
+        for scene_id in scenes_of_grid(lay.meta_scene_ids(), grid):
             meta = geoparquet.read(lay.meta(scene_id), list(_CHIP_FILE_COLUMNS))
             frames.append(meta[meta["chip_id"] == chip_id])
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
