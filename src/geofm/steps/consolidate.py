@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import shapely
 from affine import Affine
-from pyproj import Transformer
+from pyproj import CRS, Transformer
 
 from geofm import change, geoparquet, markers, storage, vectordb
 from geofm.aoi import aoi_identity, load_aoi
@@ -82,8 +82,9 @@ def chips_frame(grid: ChipGrid, chips: list[Any], mgrs: str, aoi_name: str) -> g
 
 
 # ---- change intensity ----------------------------------------------------------------------------
-def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.GeoDataFrame:
-    """Per analysed chip: latest/lowest similarity, largest drop and High/Medium/Low (geofm.change)."""
+def change_records(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Per analysed chip of ``rows``: latest/lowest similarity, largest drop, High/Medium/Low
+    (geofm.change) and its polygon."""
     out = []
     for chip_id, g in rows.groupby("chip_id", sort=False):
         g = g.sort_values("date")
@@ -100,7 +101,12 @@ def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.G
             rec[k] = None if rec[k] is None or not math.isfinite(rec[k]) else rec[k]
         rec["geometry"] = g.geometry.iloc[0]
         out.append(rec)
-    return gpd.GeoDataFrame(out, geometry="geometry", crs=WGS84)
+    return out
+
+
+def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.GeoDataFrame:
+    """The change-intensity layer of ``rows``: :func:`change_records` as a GeoDataFrame."""
+    return gpd.GeoDataFrame(change_records(rows, cfg), geometry="geometry", crs=WGS84)
 
 
 # ---- front-end config ----------------------------------------------------------------------------
@@ -194,12 +200,14 @@ def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
     if not urls:
         raise NotFoundError(f"no processed embeddings for grid {grid}: run analyze first")
     ordered, rows_per_group, types, geo = _chip_order(urls)
+    crs = CRS.from_user_input(geo["crs"] or WGS84)  # parsed once: the files' chip polygons share it
     tile: ChipGrid | None = None
-    intensity, kept, n_rows = [], [], 0
+    intensity: list[dict[str, Any]] = []
+    kept, n_rows = [], 0
     with storage.local_file_for_write(lay.consolidated_output(grid), ".parquet") as path, \
             geoparquet.PartsWriter(path, rows_per_group, types, geo) as writer:
         for url in ordered:
-            rows = geoparquet.read(url)
+            rows = geoparquet.from_arrow(geoparquet.read_arrow(url), crs)
             if rows.empty:
                 continue
             rows = rows.sort_values("date", kind="stable").reset_index(drop=True)
@@ -208,7 +216,7 @@ def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
                 raise InputError("chips of one grid disagree on the tile origin, CRS or chip size; "
                                  "was the grid preprocessed with different parameters? rerun with --force")
             tile = chip_tile
-            intensity.append(change_intensity_frame(rows, cfg))
+            intensity += change_records(rows, cfg)
             kept.append(rows[[c for c in _CONFIG_COLUMNS if c in rows.columns]])
             for col in set(Layout.PATH_COLUMNS) & set(rows.columns):  # older runs' paths follow the rule
                 rows[col] = [lay.restore(v) if isinstance(v, str) else v for v in rows[col]]
@@ -216,7 +224,7 @@ def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
             n_rows += len(rows)
         if tile is None:
             raise NotFoundError(f"no processed rows for grid {grid}: run analyze first")
-    changes = gpd.GeoDataFrame(pd.concat(intensity, ignore_index=True), geometry="geometry", crs=WGS84)
+    changes = gpd.GeoDataFrame(intensity, geometry="geometry", crs=WGS84)
     changes = changes.sort_values(["y_dim", "x_dim"], kind="stable").reset_index(drop=True)
     full = chips_frame(tile, list(tile.all_chips()), grid, cfg.aoi_name)
     if storage.exists(cfg.aoi_url):
