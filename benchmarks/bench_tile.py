@@ -7,8 +7,8 @@ the peak memory of the whole run: the sum over the run's process tree (driver an
 resident set (RSS, an upper bound: pages shared after fork count once per process) and of the
 proportional set (PSS, shared pages split between their users), sampled from /proc every
 ``--sample-s``; the step running at the peak is named. Then it fits seconds and peak memory against
-chip-dates (``y = a + b x``, and the log-log slope over the larger sizes: 1 means linear) and
-extrapolates to a tile-year (50 dates).
+chip-dates (``y = a + b x``, and the log-log slope k over the larger sizes: 1 means linear, 0 flat) and
+extrapolates to a tile-year (50 dates): seconds linearly, peak memory by k from the largest size.
 
 Resumable: the synthetic tile and each size's figures are kept under ``--work`` (``results.json``); a
 rerun measures only the sizes not yet there (``--redo`` measures them again), so the long whole-tile
@@ -277,11 +277,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     series |= {f"{s} s": [r["steps"][s]["seconds"] for r in sizes] for s in STEPS}
     series |= {"peak RSS GB": [r["peak_rss"] / GB for r in sizes], "peak PSS GB": [r["peak_pss"] / GB for r in sizes]}
     year = 50 * chips_per_side(args) ** 2
+    x_big, last = x[-1], {name: ys[-1] for name, ys in series.items()}
     for name, ys in series.items():
         a, b, r2, k = fit(x, np.array(ys, float))
-        extra = f"  tile-year ({year} chip-dates): {a + b * year:,.0f}" if "s" == name[-1] else \
-            f"  tile-year: {a + b * year:.1f}"
-        print(f"  {name:>16}: a {a:9.3f}  b {b:.5f}/chip-date  R² {r2:.3f}  k {k:.2f}{extra}")
+        # a tile-year (50 dates): seconds by the linear fit; memory, which levels off, by the log-log slope
+        # from the largest size (a linear fit of a plateau would extrapolate its noise)
+        year_value = a + b * year if name.endswith(" s") else last[name] * (year / x_big) ** max(k, 0.0)
+        print(f"  {name:>16}: a {a:9.3f}  b {b:.5f}/chip-date  R² {r2:.3f}  k {k:.2f}  "
+              f"tile-year ({year} chip-dates): {year_value:,.1f}")
 
 
 def main() -> None:
