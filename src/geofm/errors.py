@@ -14,6 +14,8 @@ Messages name the input and what is wrong with it; they never need a traceback t
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GeofmError(Exception):
     """Base of every error geofm raises on purpose."""
@@ -77,6 +79,17 @@ class RayError(BackendError):
 
 class VectorDBError(BackendError):
     """The LanceDB database or table cannot be opened or written."""
+
+
+# ---- runs ----------------------------------------------------------------------------------------
+class RunFailedError(GeofmError):
+    """Units of work failed in a run (``geofm.run(..., check=True)``); the message is the run's summary
+    and ``record`` its :class:`~geofm.pipeline.RunRecord`. The other units' outputs are written; a rerun
+    redoes only what failed."""
+
+    def __init__(self, message: str, record: Any = None) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 class InjectedFault(GeofmError):

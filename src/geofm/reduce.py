@@ -8,7 +8,7 @@ The fit is plain numpy: an eigen-decomposition of the smaller of the Gram matrix
 covariance matrix (F x F), with the sign of each component fixed (largest loading positive), so the
 same sample always gives the same model. Memory: the sample matrix, ``n x F`` float32 (for Clay
 patch embeddings F = L x D = 1024 x 768: 2000 rows are 6.3 GB; lower ``pca_sample_size`` on small
-machines).
+machines), plus the n x n Gram matrix and a 64 MB float64 block: the centring is done block by block.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from geofm import storage
 from geofm.digest import digest_bytes
 from geofm.errors import InputError, NotFoundError
 
-_FLOAT64_MAX_VALUES = 250_000_000
+_BLOCK_BYTES = 64 * 2**20  # float64 working block of the fit
 
 
 @dataclass(frozen=True)
@@ -60,40 +60,54 @@ class PCAModel:
         return digest_bytes(self.mean.tobytes(), self.components.tobytes())
 
 
-def fit_pca(x: np.ndarray, n_components: int, kind: str = "patch", seed: int = 0,
-            overwrite: bool = False) -> PCAModel:
+def _column_blocks(n_rows: int, n_features: int) -> list[slice]:
+    """Feature slices whose float64 copy of ``n_rows`` rows is at most :data:`_BLOCK_BYTES`."""
+    width = max(1, _BLOCK_BYTES // (8 * max(n_rows, 1)))
+    return [slice(i, min(i + width, n_features)) for i in range(0, n_features, width)]
+
+
+def fit_pca(x: np.ndarray, n_components: int, kind: str = "patch", seed: int = 0) -> PCAModel:
     """Fit PCA on rows ``x`` [n, F]; needs at least 2 rows and n_components <= min(n - 1, F).
 
-    ``overwrite`` lets a large float32 sample be centred in place (no second copy in memory)."""
+    Centred in float64 one block of features at a time (:data:`_BLOCK_BYTES`), so the fit needs the
+    sample plus an n x n (or F x F) matrix and one block, never a centred copy of the whole sample."""
     x = np.asarray(x)
     if x.ndim != 2:
         raise InputError(f"PCA needs a 2-D sample [rows, features], got shape {x.shape}")
     n, f = x.shape
     if n < 2:
         raise InputError(f"PCA needs at least 2 sample rows, got {n}")
-    if not np.all(np.isfinite(x)):
-        raise InputError("PCA sample contains NaN or infinite values")
     if n_components > min(n - 1, f):
         raise InputError(f"n_components {n_components} exceeds what {n} rows of {f} features support "
                          f"({min(n - 1, f)}); lower n_components or raise pca_sample_size")
-    mean = x.mean(axis=0, dtype=np.float64)
-    # float64 while the centred sample fits in 2 GB, float32 beyond (Clay patch embeddings)
-    work = np.float64 if n * f <= _FLOAT64_MAX_VALUES else np.float32
-    if overwrite and x.dtype == work:
-        xc = x
-        xc -= mean.astype(work)
-    else:
-        xc = x.astype(work, copy=True)
-        xc -= mean.astype(work)
+    mean = np.empty(f, np.float64)
+    blocks = _column_blocks(n, f)
+    for b in blocks:
+        if not np.all(np.isfinite(x[:, b])):
+            raise InputError("PCA sample contains NaN or infinite values")
+        mean[b] = x[:, b].mean(axis=0, dtype=np.float64)
+
+    def centred(b: slice) -> np.ndarray:
+        return x[:, b].astype(np.float64) - mean[b]
+
     if n <= f:  # Gram route: eigenvectors U of Xc Xc^T give components Xc^T U / s
-        gram = (xc @ xc.T).astype(np.float64)
+        gram = np.zeros((n, n))
+        for b in blocks:
+            xb = centred(b)
+            gram += xb @ xb.T
         vals, vecs = np.linalg.eigh(gram)
         order = np.argsort(vals)[::-1][:n_components]
         vals, vecs = vals[order], vecs[:, order]
-        comps = (xc.T.astype(np.float64) @ vecs).T / np.sqrt(np.maximum(vals, 1e-300))[:, None]
+        comps = np.empty((n_components, f))
+        for b in blocks:
+            comps[:, b] = (centred(b).T @ vecs).T
+        comps /= np.sqrt(np.maximum(vals, 1e-300))[:, None]
         total = float(np.trace(gram))
-    else:  # covariance route
-        cov = (xc.T @ xc).astype(np.float64)
+    else:  # covariance route (F < n: the F x F matrix is the small one), rows in blocks
+        cov = np.zeros((f, f))
+        for r in _column_blocks(f, n):
+            xr = x[r].astype(np.float64) - mean
+            cov += xr.T @ xr
         vals, vecs = np.linalg.eigh(cov)
         order = np.argsort(vals)[::-1][:n_components]
         vals, comps = vals[order], vecs[:, order].T

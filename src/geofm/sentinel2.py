@@ -4,6 +4,7 @@ processing-baseline 04.00 harmonisation rule."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -132,6 +133,18 @@ def parse_scene_id(scene_id: str) -> SceneId:
         sequence=int(m["seq"]),
         level=m["level"],
     )
+
+
+def scenes_of_grid(scene_ids: Iterable[str], grid: str) -> list[str]:
+    """The ids among ``scene_ids`` of scenes of MGRS ``grid`` (ids that are not scene ids left out)."""
+    out = []
+    for scene_id in scene_ids:
+        try:
+            if parse_scene_id(scene_id).grid == grid:
+                out.append(scene_id)
+        except ValueError:
+            continue
+    return out
 
 
 def make_scene_id(platform: str, grid: str, day: date, sequence: int = 0, level: str = "L2A") -> str:

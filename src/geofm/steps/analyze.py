@@ -133,7 +133,7 @@ def fit_global_pca(rows: pd.DataFrame, cfg: PipelineConfig) -> PCAModel:
     if n_components < cfg.n_components:
         log.warning("PCA: %d sample rows support only %d components (asked %d)", n, n_components,
                     cfg.n_components)
-    return fit_pca(sample[:n], n_components, cfg.embedding_kind, cfg.seed, overwrite=True)
+    return fit_pca(sample[:n], n_components, cfg.embedding_kind, cfg.seed)
 
 
 # ---- one chip ------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ own, whose inputs are the grids' units.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import posixpath
@@ -22,9 +21,10 @@ from typing import Any, ClassVar
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import shapely
 from affine import Affine
-from pyproj import Transformer
+from pyproj import CRS, Transformer
 
 from geofm import change, geoparquet, markers, storage, vectordb
 from geofm.aoi import aoi_identity, load_aoi
@@ -38,6 +38,7 @@ from geofm.steps.analyze import load_embedding
 from geofm.steps.base import Step, UnitOutput
 
 VECTOR_DB_UNIT = "lance-db"
+_NOT_IN_VECTOR_DB = ("patch_sim_map",)  # the bulk of a consolidated row; not read to load the vector DB
 log = logging.getLogger(__name__)
 
 
@@ -47,14 +48,8 @@ def grid_units(cfg: PipelineConfig) -> list[str]:
     return [g for g in storage.list_folders(root) if cfg.layout.processed_files(g)]
 
 
-def read_processed(cfg: PipelineConfig, grid: str) -> gpd.GeoDataFrame:
-    """All processed rows of a grid, sorted by chip and date."""
-    urls = cfg.layout.processed_files(grid)
-    if not urls:
-        raise NotFoundError(f"no processed embeddings for grid {grid}: run analyze first")
-    frames = [gpd.read_parquet(io.BytesIO(storage.read_bytes(url))) for url in urls]
-    rows = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
-    return rows.sort_values(["y_dim", "x_dim", "date"], kind="stable").reset_index(drop=True)
+# What the front-end config reads of the rows (the rest of a row, patch maps above all, is not kept).
+_CONFIG_COLUMNS = ("date", "baseline_date", "model", "embedding_dim")
 
 
 # ---- chip grids ----------------------------------------------------------------------------------
@@ -87,8 +82,9 @@ def chips_frame(grid: ChipGrid, chips: list[Any], mgrs: str, aoi_name: str) -> g
 
 
 # ---- change intensity ----------------------------------------------------------------------------
-def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.GeoDataFrame:
-    """Per analysed chip: latest/lowest similarity, largest drop and High/Medium/Low (geofm.change)."""
+def change_records(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Per analysed chip of ``rows``: latest/lowest similarity, largest drop, High/Medium/Low
+    (geofm.change) and its polygon."""
     out = []
     for chip_id, g in rows.groupby("chip_id", sort=False):
         g = g.sort_values("date")
@@ -105,7 +101,12 @@ def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.G
             rec[k] = None if rec[k] is None or not math.isfinite(rec[k]) else rec[k]
         rec["geometry"] = g.geometry.iloc[0]
         out.append(rec)
-    return gpd.GeoDataFrame(out, geometry="geometry", crs=WGS84)
+    return out
+
+
+def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.GeoDataFrame:
+    """The change-intensity layer of ``rows``: :func:`change_records` as a GeoDataFrame."""
+    return gpd.GeoDataFrame(change_records(rows, cfg), geometry="geometry", crs=WGS84)
 
 
 # ---- front-end config ----------------------------------------------------------------------------
@@ -169,31 +170,77 @@ def _write_geojson(url: str, frame: gpd.GeoDataFrame) -> None:
     storage.write_text(url, frame.to_json(drop_id=True))
 
 
+def _chip_order(urls: list[str]) -> tuple[list[str], int, pa.Schema, dict[str, Any]]:
+    """The grid's processed files (one chip each, every row its polygon) in the consolidated file's order
+    (Hilbert order of the chips over the grid's bounds, as :func:`geoparquet.write` orders rows), the
+    rows per row group, and the unified column types and geo metadata of the files: read one file at
+    a time."""
+    nbytes = n_rows = 0
+    schemas, polygons, yx = [], [], []
+    for url in urls:
+        table = geoparquet.read_arrow(url)
+        nbytes, n_rows = nbytes + table.nbytes, n_rows + table.num_rows
+        schemas.append(table.schema)
+        polygons.append(shapely.from_wkb(table.column("geometry")[0].as_py()) if table.num_rows else None)
+        yx.append(tuple(table.column(c)[0].as_py() if table.num_rows else -1 for c in ("y_dim", "x_dim")))
+    dist = gpd.GeoSeries(polygons, crs=WGS84).hilbert_distance().to_numpy(np.int64)
+    order = sorted(range(len(urls)), key=lambda i: (dist[i], yx[i]))
+    types, geo = geoparquet.parts_schema(schemas)
+    return [urls[i] for i in order], geoparquet.rows_per_group(nbytes, n_rows), types, geo
+
+
 def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
-    """Consolidate one grid: the consolidated GeoParquet, chip grids, change intensity, front-end config."""
+    """Consolidate one grid: the consolidated GeoParquet, chip grids, change intensity, front-end config.
+
+    Chip by chip (one processed file at a time), so memory does not grow with the grid's chips and
+    dates: the consolidated file is written a row group at a time; what the other outputs need is
+    kept per chip (its change summary) or per row without the patch maps (dates, baselines, model)."""
     lay = cfg.layout
-    rows = read_processed(cfg, grid)
-    tile = tile_chip_grid(rows)
+    urls = lay.processed_files(grid)
+    if not urls:
+        raise NotFoundError(f"no processed embeddings for grid {grid}: run analyze first")
+    ordered, rows_per_group, types, geo = _chip_order(urls)
+    crs = CRS.from_user_input(geo["crs"] or WGS84)  # parsed once: the files' chip polygons share it
+    tile: ChipGrid | None = None
+    intensity: list[dict[str, Any]] = []
+    kept, n_rows = [], 0
+    with storage.local_file_for_write(lay.consolidated_output(grid), ".parquet") as path, \
+            geoparquet.PartsWriter(path, rows_per_group, types, geo) as writer:
+        for url in ordered:
+            rows = geoparquet.from_arrow(geoparquet.read_arrow(url), crs)
+            if rows.empty:
+                continue
+            rows = rows.sort_values("date", kind="stable").reset_index(drop=True)
+            chip_tile = tile_chip_grid(rows)
+            if tile is not None and chip_tile != tile:
+                raise InputError("chips of one grid disagree on the tile origin, CRS or chip size; "
+                                 "was the grid preprocessed with different parameters? rerun with --force")
+            tile = chip_tile
+            intensity += change_records(rows, cfg)
+            kept.append(rows[[c for c in _CONFIG_COLUMNS if c in rows.columns]])
+            for col in set(Layout.PATH_COLUMNS) & set(rows.columns):  # older runs' paths follow the rule
+                rows[col] = [lay.restore(v) if isinstance(v, str) else v for v in rows[col]]
+            writer.write(rows)
+            n_rows += len(rows)
+        if tile is None:
+            raise NotFoundError(f"no processed rows for grid {grid}: run analyze first")
+    changes = gpd.GeoDataFrame(intensity, geometry="geometry", crs=WGS84)
+    changes = changes.sort_values(["y_dim", "x_dim"], kind="stable").reset_index(drop=True)
     full = chips_frame(tile, list(tile.all_chips()), grid, cfg.aoi_name)
     if storage.exists(cfg.aoi_url):
         aoi_chips = chips_frame(tile, tile.chips_meeting(load_aoi(cfg.aoi_url)), grid, cfg.aoi_name)
     else:  # no AOI file: the analysed chips stand for it
         log.warning("no AOI at %s: chip_grid_aoi lists the analysed chips", cfg.aoi_url)
-        ids = set(rows["chip_id"])
-        aoi_chips = full[full["chip_id"].isin(ids)].reset_index(drop=True)
-    intensity = change_intensity_frame(rows, cfg)
+        aoi_chips = full[full["chip_id"].isin(set(changes["chip_id"]))].reset_index(drop=True)
     _write_geojson(lay.chip_grid_full_tile(grid), full)
     _write_geojson(lay.chip_grid_aoi(grid), aoi_chips)
-    _write_geojson(lay.change_intensity(grid), intensity)
-    config = frontend_config(cfg, grid, rows)
+    _write_geojson(lay.change_intensity(grid), changes)
+    config = frontend_config(cfg, grid, pd.concat(kept, ignore_index=True))
     storage.write_json(lay.frontend_config(grid), {
         "current_demo_id": cfg.aoi_name, "demos": [{"demo_id": cfg.aoi_name, "config": config}]})
-    for col in set(Layout.PATH_COLUMNS) & set(rows.columns):  # older runs' paths follow the rule here
-        rows[col] = [lay.restore(v) if isinstance(v, str) else v for v in rows[col]]
-    geoparquet.write(lay.consolidated_output(grid), rows)
-    counts = intensity["change_intensity"].value_counts().to_dict()
+    counts = changes["change_intensity"].value_counts().to_dict()
     return UnitOutput(_outputs(lay, grid), {
-        "rows": len(rows), "chips": len(intensity), "tile_chips": len(full), "aoi_chips": len(aoi_chips),
+        "rows": n_rows, "chips": len(changes), "tile_chips": len(full), "aoi_chips": len(aoi_chips),
         **{f"intensity_{k}": int(v) for k, v in counts.items()}})
 
 
@@ -237,7 +284,7 @@ def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
     for grid in grids:
         if not storage.exists(lay.consolidated_output(grid)):
             continue
-        df, v = vector_rows(geoparquet.read(lay.consolidated_output(grid)), lay)
+        df, v = vector_rows(geoparquet.read(lay.consolidated_output(grid), exclude=_NOT_IN_VECTOR_DB), lay)
         if len(df):
             frames.append(df)
             vecs.append(v)
