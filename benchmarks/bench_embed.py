@@ -127,7 +127,8 @@ def bench_loader(args: argparse.Namespace) -> None:
                              whole_tile=True)
         storage.write_json(cfg.layout.scene_metadata(res.items[0]["id"]), res.items[0])
         preprocess.process_unit(cfg, res.items[0]["id"])
-        urls = list(preprocess.read_meta(cfg.layout.meta(res.items[0]["id"]))["s3_location_netcdf"]) * 4
+        stored = preprocess.read_meta(cfg.layout.meta(res.items[0]["id"]))["s3_location_netcdf"]
+        urls = [cfg.layout.resolve(u) for u in stored] * 4
         def prepare(pixels: np.ndarray) -> np.ndarray:  # as ClayEmbedder.prepare: in place
             return normalise(pixels, bands, out=pixels)
 
