@@ -283,6 +283,10 @@ def synth(
     end: Annotated[str, typer.Option("--end", help="Last date YYYY-MM-DD.")] = "2023-12-31",
     every: Annotated[int, typer.Option("--every", help="Days between dates.")] = 30,
     dates: Annotated[str | None, typer.Option("--dates", help="Explicit dates d1,d2,... (wins).")] = None,
+    years: Annotated[int | None, typer.Option("--years", min=1, help="Dates over this many whole years "
+                                              "from --start (instead of --end).")] = None,
+    scenario: Annotated[str, typer.Option("--scenario", help="Landscape: default, or farmland (half the "
+                                          "land in crops whose cycle varies by year).")] = "default",
     extent: Annotated[float, typer.Option("--extent", help="Side, m (109800: whole tile).")] = 10240.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     into_layout: Annotated[bool, typer.Option("--into-layout/--no-into-layout",
@@ -291,7 +295,7 @@ def synth(
     """Realistic synthetic Sentinel-2 L2A scenes (COGs, STAC items, AOI, planted-change truth)."""
     from geofm.config import check_name
     from geofm.layout import Layout
-    from geofm.synth import default_dates, synthesize
+    from geofm.synth import default_dates, synthesize, years_end
 
     check_name(aoi_name, "--aoi-name")
     if dates:
@@ -299,11 +303,13 @@ def synth(
     else:
         first, last = _date(start, "--start"), _date(end, "--end")
         assert first is not None and last is not None
+        if years:
+            last = years_end(first, years)
         days = default_dates(first, last, every)
     result = synthesize(out, aoi_name=aoi_name, grid=grid, dates=days, extent_m=extent, seed=seed,
-                        into_layout=into_layout)
+                        into_layout=into_layout, scenario=scenario)
     say = out_console.print
-    say(f"{len(result.scene_ids)} synthetic scenes of {result.grid} "
+    say(f"{len(result.scene_ids)} synthetic scenes ({result.scenario}) of {result.grid} "
         f"({result.extent_m:.0f} m square, {result.crs}) in {result.archive_dir}", highlight=False)
     for sid in result.scene_ids:
         say(f"  {sid}  sky {result.sky[sid]:<5}  eo:cloud_cover {result.cloud_cover[sid]:5.1f}",
