@@ -148,6 +148,11 @@ class Layout:
         return join(self.processed_embeddings_root, f"{name}_model.npz")
 
     @property
+    def seasonal_model(self) -> str:
+        """The seasonal baseline's period and AOI-wide floors (JSON), shared by every chip."""
+        return join(self.processed_embeddings_root, "seasonal_model.json")
+
+    @property
     def unique_chip_ids_root(self) -> str:
         """The folder holding one ``unique-chip-ids/<grid>`` folder per MGRS grid."""
         return join(self.output_dir, "unique-chip-ids")
