@@ -454,6 +454,55 @@ def serve(
     run_serve(out, host=host, port=port, options=opts)
 
 
+# ---- export --------------------------------------------------------------------------------------
+export_app = typer.Typer(help="Change results out of the tool: alert polygons, per-patch change rasters.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
+ExportGridOpt = Annotated[list[str] | None, typer.Option("--grid", help="Only this MGRS grid (repeatable).")]
+
+
+@export_app.command("alerts")
+def export_alerts(
+    config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None, set_: SetOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="geojson, gpkg or parquet (GeoParquet).")]
+    = "geojson",
+    dest: Annotated[str | None, typer.Option("--dest", help="File to write (default: "
+                                             "output/<aoi>/exports/change_alerts.<format>).")] = None,
+    grid: ExportGridOpt = None,
+) -> None:
+    """Changed patches dissolved into polygons: first-detected date, magnitude, chip id, baseline rule.
+
+    The rule is the one the run recorded; the thresholds are the config's (--set patch_z_threshold=...,
+    patch_change_threshold=...), so alerts can be re-thresholded without rerunning."""
+    from geofm.alerts import export_alerts as run_export
+
+    cfg = build_config(config, None, aoi_name, out, None, None, set_)
+    url, frame = run_export(cfg, fmt, dest, grid)
+    firsts = sorted(frame["first_detected"]) if len(frame) else []
+    console.print(f"{len(frame)} alert polygons" + (f", first detected {firsts[0]} .. {firsts[-1]}"
+                                                     if firsts else ""), highlight=False)
+    typer.echo(url)
+
+
+@export_app.command("change-raster")
+def export_change_raster(
+    date_: Annotated[str, typer.Option("--date", help="Date of the change layer, YYYY-MM-DD.")],
+    config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None, set_: SetOpt = None,
+    dest: Annotated[str | None, typer.Option(
+        "--dest", help="File to write, one grid only (default: "
+        "output/<aoi>/exports/<grid>/change_raster_<date>.tif).")] = None,
+    grid: ExportGridOpt = None,
+) -> None:
+    """Per-patch change scores of one date over the AOI as a COG per grid (float32, NaN = no data)."""
+    from geofm.alerts import export_change_raster as run_export
+
+    cfg = build_config(config, None, aoi_name, out, None, None, set_)
+    day = _date(date_, "--date")
+    assert day is not None
+    for url in run_export(cfg, day, grid, dest):
+        typer.echo(url)
+
+
 # ---- sub-apps ----------------------------------------------------------------------------------
 from geofm.models.cli import models_app  # noqa: E402
 

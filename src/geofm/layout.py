@@ -231,6 +231,21 @@ class Layout:
     PATH_COLUMNS = ("s3_location_netcdf", "s3_location_png_thumbnail", "s3_location_cls_emb",
                     "s3_location_patch_emb")
 
+    # ---- exports (geofm export) --------------------------------------------------------------
+    ALERT_FORMATS = ("geojson", "gpkg", "parquet")
+
+    @property
+    def exports_dir(self) -> str:
+        return join(self.output_dir, "exports")
+
+    def change_alerts(self, fmt: str) -> str:
+        """The AOI's change alerts (polygons) in ``fmt``: geojson, gpkg or parquet (GeoParquet)."""
+        return join(self.exports_dir, f"change_alerts.{fmt}")
+
+    def change_raster(self, grid: str, day: str) -> str:
+        """A grid's per-patch change raster (COG) on one date (``YYYY-MM-DD``)."""
+        return join(self.exports_dir, grid, f"change_raster_{day}.tif")
+
     # ---- run bookkeeping ---------------------------------------------------------------------
     @property
     def runs_dir(self) -> str:
