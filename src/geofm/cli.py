@@ -283,6 +283,10 @@ def synth(
     end: Annotated[str, typer.Option("--end", help="Last date YYYY-MM-DD.")] = "2023-12-31",
     every: Annotated[int, typer.Option("--every", help="Days between dates.")] = 30,
     dates: Annotated[str | None, typer.Option("--dates", help="Explicit dates d1,d2,... (wins).")] = None,
+    years: Annotated[int | None, typer.Option("--years", min=1, help="Dates over this many whole years "
+                                              "from --start (instead of --end).")] = None,
+    scenario: Annotated[str, typer.Option("--scenario", help="Landscape: default, or farmland (half the "
+                                          "land in crops whose cycle varies by year).")] = "default",
     extent: Annotated[float, typer.Option("--extent", help="Side, m (109800: whole tile).")] = 10240.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     into_layout: Annotated[bool, typer.Option("--into-layout/--no-into-layout",
@@ -291,7 +295,7 @@ def synth(
     """Realistic synthetic Sentinel-2 L2A scenes (COGs, STAC items, AOI, planted-change truth)."""
     from geofm.config import check_name
     from geofm.layout import Layout
-    from geofm.synth import default_dates, synthesize
+    from geofm.synth import default_dates, synthesize, years_end
 
     check_name(aoi_name, "--aoi-name")
     if dates:
@@ -299,11 +303,13 @@ def synth(
     else:
         first, last = _date(start, "--start"), _date(end, "--end")
         assert first is not None and last is not None
+        if years:
+            last = years_end(first, years)
         days = default_dates(first, last, every)
     result = synthesize(out, aoi_name=aoi_name, grid=grid, dates=days, extent_m=extent, seed=seed,
-                        into_layout=into_layout)
+                        into_layout=into_layout, scenario=scenario)
     say = out_console.print
-    say(f"{len(result.scene_ids)} synthetic scenes of {result.grid} "
+    say(f"{len(result.scene_ids)} synthetic scenes ({result.scenario}) of {result.grid} "
         f"({result.extent_m:.0f} m square, {result.crs}) in {result.archive_dir}", highlight=False)
     for sid in result.scene_ids:
         say(f"  {sid}  sky {result.sky[sid]:<5}  eo:cloud_cover {result.cloud_cover[sid]:5.1f}",
@@ -325,42 +331,83 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 @app.command()
 def search(
-    chip: Annotated[str, typer.Option("--chip", help="Query chip id, e.g. 3_4.")],
-    date_: Annotated[str, typer.Option("--date", help="Date of the query chip, YYYY-MM-DD.")],
+    chip: Annotated[str | None, typer.Option("--chip", help="Query chip id, e.g. 3_4 (a positive).")] = None,
+    date_: Annotated[str | None, typer.Option(
+        "--date", help="With --chip: its date. With --positive/--negative: the date whose chips are "
+        "scored (default: the latest positive's); one --positive: only hits of that date.")] = None,
+    positive: Annotated[list[str] | None, typer.Option(
+        "--positive", help="A chip like what you look for, CHIP@YYYY-MM-DD (repeatable).")] = None,
+    negative: Annotated[list[str] | None, typer.Option(
+        "--negative", help="A chip unlike it, CHIP@YYYY-MM-DD (repeatable).")] = None,
     config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None,
     start: StartOpt = None, end: EndOpt = None, set_: SetOpt = None,
     k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
     min_score: Annotated[float | None, typer.Option("--min-score", help="Keep scores >= this.")] = None,
     grid: Annotated[list[str] | None, typer.Option("--grid", help="MGRS grid filter (repeatable).")] = None,
     bbox: Annotated[str | None, typer.Option("--bbox", help="minx,miny,maxx,maxy (WGS84).")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", help="Few-shot classifier: svm, logreg or centroid (default: the one measured best, "
+        "BENCHMARKS.md).")] = None,
+    changed_since: Annotated[str | None, typer.Option(
+        "--changed-since", help="Only chips that changed on or after this date (YYYY-MM-DD).")] = None,
+    min_change: Annotated[float | None, typer.Option(
+        "--min-change", help="Only chips whose change score reached this (1 - cosine, or the seasonal "
+        "z-score).")] = None,
+    geojson: Annotated[str | None, typer.Option(
+        "--geojson", help="Write the score layer (chip polygons with score) to this file.")] = None,
+    patch_maps: Annotated[bool, typer.Option(
+        "--patch-maps", help="Per hit, where inside it the match sits (per-patch scores).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON records.")] = False,
 ) -> None:
-    """The chips most similar (cosine, class embeddings) to a chip at a date, from the LanceDB table."""
+    """Search the LanceDB table: the chips most like a chip (cosine, class embeddings), or, with
+    several --positive and any --negative examples, every chip of a date scored by a small classifier
+    (few-shot, "more like these, not like those"), optionally only among chips that changed."""
+    from geofm import fewshot, storage
     from geofm.layout import Layout
-    from geofm.vectordb import search as run_search
 
     cfg = build_config(config, None, aoi_name, out, None, None, set_)
+    pos: list[Any] = list(positive or [])
+    day = _date(date_, "--date")
+    if chip is not None:
+        if day is None:
+            raise ConfigError("--chip needs --date (the date of the query chip)")
+        pos.insert(0, fewshot.Example(chip, day))
+        day = None if (len(pos) == 1 and not negative) else day
+    if not pos:
+        raise ConfigError("give --chip and --date, or --positive CHIP@YYYY-MM-DD (repeatable)")
+    query = fewshot.Query.of(pos, negative or [], grid, bbox, day=day, k=k, min_score=min_score,
+                             method=method or fewshot.DEFAULT_METHOD,
+                             changed_since=_date(changed_since, "--changed-since"), min_change=min_change)
     date_range = (_date(start, "--start"), _date(end, "--end")) if (start or end) else None
-    query_date = _date(date_, "--date")
-    hits = run_search(cfg.layout.lance_db, chip_id=chip, date=query_date, k=k, min_score=min_score,
-                      date_range=date_range, grids=grid, bbox=bbox)
+    result = fewshot.search(cfg.layout.lance_db, query, date_range)
+    if geojson:
+        storage.write_json(geojson, fewshot.score_layer(result.scored))
+        console.print(f"score layer ({len(result.scored)} chips): {geojson}", highlight=False)
+    hits = result.hits.copy()
     if len(hits) and {"aoi_name", "s3_location_png_thumbnail"} <= set(hits.columns):  # stored -> URLs
         pairs = zip(hits["aoi_name"], hits["s3_location_png_thumbnail"], strict=True)
         hits["s3_location_png_thumbnail"] = [Layout(cfg.output_root, a).resolve(v) for a, v in pairs]
-    cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "s3_location_png_thumbnail")
-            if c in hits.columns]
+    cols = [c for c in ("chip_id", "date", "score", "mgrs_grid", "cosine_sim", "change_score",
+                        "s3_location_png_thumbnail") if c in hits.columns]
+    records = hits[cols].to_dict("records")
+    for rec in records:
+        rec["date"] = str(rec["date"])[:10]
+    if patch_maps:
+        cols.append("best_patch")
+        for rec, heat in zip(records, fewshot.patch_heatmaps(cfg.layout, result), strict=True):
+            rec["patch_scores"] = [[None if v != v else round(float(v), 4) for v in r] for r in heat]
+            rec["best_patch"] = fewshot.best_patch(heat)
     if as_json:
-        records = hits[cols].to_dict("records")
-        for rec in records:
-            rec["date"] = str(rec["date"])[:10]
         typer.echo(json.dumps(records, indent=2, default=str))
         return
-    table = Table(title=f"most similar to chip {chip} on {query_date}")
+    title = (f"most similar to chip {query.positives[0]}" if query.single else
+             f"{result.method} on {result.date}: {len(query.positives)} positive, {len(query.negatives)} "
+             "negative examples")
+    table = Table(title=title)
     for c in cols:
         table.add_column(c)
-    for _, row in hits[cols].iterrows():
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v)[:10] if c == "date" else str(v)
-                        for c, v in row.items()])
+    for rec in records:
+        table.add_row(*[f"{rec[c]:.4f}" if isinstance(rec[c], float) else str(rec[c]) for c in cols])
     out_console.print(table)
 
 
@@ -405,6 +452,55 @@ def serve(
     console.print(f"geofm explorer on http://{shown}:{port}/ (API docs: http://{shown}:{port}/docs) "
                   f"for {out}")
     run_serve(out, host=host, port=port, options=opts)
+
+
+# ---- export --------------------------------------------------------------------------------------
+export_app = typer.Typer(help="Change results out of the tool: alert polygons, per-patch change rasters.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
+ExportGridOpt = Annotated[list[str] | None, typer.Option("--grid", help="Only this MGRS grid (repeatable).")]
+
+
+@export_app.command("alerts")
+def export_alerts(
+    config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None, set_: SetOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="geojson, gpkg or parquet (GeoParquet).")]
+    = "geojson",
+    dest: Annotated[str | None, typer.Option("--dest", help="File to write (default: "
+                                             "output/<aoi>/exports/change_alerts.<format>).")] = None,
+    grid: ExportGridOpt = None,
+) -> None:
+    """Changed patches dissolved into polygons: first-detected date, magnitude, chip id, baseline rule.
+
+    The rule is the one the run recorded; the thresholds are the config's (--set patch_z_threshold=...,
+    patch_change_threshold=...), so alerts can be re-thresholded without rerunning."""
+    from geofm.alerts import export_alerts as run_export
+
+    cfg = build_config(config, None, aoi_name, out, None, None, set_)
+    url, frame = run_export(cfg, fmt, dest, grid)
+    firsts = sorted(frame["first_detected"]) if len(frame) else []
+    console.print(f"{len(frame)} alert polygons" + (f", first detected {firsts[0]} .. {firsts[-1]}"
+                                                     if firsts else ""), highlight=False)
+    typer.echo(url)
+
+
+@export_app.command("change-raster")
+def export_change_raster(
+    date_: Annotated[str, typer.Option("--date", help="Date of the change layer, YYYY-MM-DD.")],
+    config: ConfigOpt = None, aoi_name: AoiNameOpt = None, out: OutOpt = None, set_: SetOpt = None,
+    dest: Annotated[str | None, typer.Option(
+        "--dest", help="File to write, one grid only (default: "
+        "output/<aoi>/exports/<grid>/change_raster_<date>.tif).")] = None,
+    grid: ExportGridOpt = None,
+) -> None:
+    """Per-patch change scores of one date over the AOI as a COG per grid (float32, NaN = no data)."""
+    from geofm.alerts import export_change_raster as run_export
+
+    cfg = build_config(config, None, aoi_name, out, None, None, set_)
+    day = _date(date_, "--date")
+    assert day is not None
+    for url in run_export(cfg, day, grid, dest):
+        typer.echo(url)
 
 
 # ---- sub-apps ----------------------------------------------------------------------------------

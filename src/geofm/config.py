@@ -102,11 +102,25 @@ class PipelineConfig(BaseModel):
     n_components: int = Field(2, ge=1, description="PCA components.")
     pca_sample_size: int = Field(2000, ge=2, description="Rows in the global PCA subsample.")
     seed: int = Field(0, description="Seed of every random choice (PCA subsample, synth).")
-    baseline: Literal["first", "first-clear"] = Field("first-clear", description="Change baseline date.")
+    baseline: Literal["first", "first-clear", "seasonal"] = Field(
+        "first-clear", description="Change baseline: a date (first, first-clear) or the same time of year "
+        "in a baseline period (seasonal).")
     analyze_max_cloud: float = Field(0.05, ge=0, le=1, description="Cloud share limit for step 3 rows.")
     analyze_max_missing: float = Field(0.0, ge=0, le=1, description="Missing share limit for step 3 rows.")
     baseline_max_cloud: float = Field(
         0.0, ge=0, le=1, description="Baseline 'first-clear': first date with a cloud share at most this.")
+    baseline_period_start: date | None = Field(
+        None, description="Seasonal: first day of the baseline period (default: the first date).")
+    baseline_period_end: date | None = Field(
+        None, description="Seasonal: last day of the baseline period (default: 364 days after its start).")
+    seasonal_rule: Literal["nearest-doy", "harmonic"] = Field(
+        "nearest-doy", description="Seasonal expectation: the baseline date nearest in day of year, or a "
+        "harmonic fit per series (BENCHMARKS.md: chosen by measurement).")
+    harmonic_order: int = Field(1, ge=0, le=4, description="Seasonal 'harmonic': harmonics per year.")
+    seasonal_floor_chips: int = Field(
+        100, ge=1, description="Seasonal: chips sampled (seeded) for the AOI-wide floor of the spread.")
+    patch_z_threshold: float = Field(4.0, description="Seasonal: per-patch z-score at or above this = "
+                                     "changed.")
     # Change thresholds are tuned for the weights-free `spectral` encoder on synthetic scenes (planted
     # changes fall to ~0.1, seasonal change of unchanged chips stays above ~0.45). Clay similarities
     # sit on another scale (higher, narrower): calibrate them per AOI (docs/formats.md, step 4).
@@ -115,6 +129,8 @@ class PipelineConfig(BaseModel):
     # ---- step 4: consolidate ---------------------------------------------------------------
     change_threshold_high: float = Field(0.30, description="Similarity below this: changed (High).")
     change_threshold_medium: float = Field(0.60, description="Lowest similarity below this: Medium.")
+    change_z_high: float = Field(8.0, description="Seasonal: largest z-score at or above this: High.")
+    change_z_medium: float = Field(4.0, description="Seasonal: largest z-score at or above this: Medium.")
     vector_index_min_rows: int = Field(DEFAULT_INDEX_MIN_ROWS, ge=1, description="Build an ANN index from "
                                        "this size.")
     vector_index_type: str = Field(
@@ -162,6 +178,12 @@ class PipelineConfig(BaseModel):
             )
         if self.change_threshold_high > self.change_threshold_medium:
             raise ValueError("change_threshold_high must not exceed change_threshold_medium")
+        if self.change_z_high < self.change_z_medium:
+            raise ValueError("change_z_high must not be below change_z_medium")
+        if self.baseline_period_start and self.baseline_period_end and \
+                self.baseline_period_start > self.baseline_period_end:
+            raise ValueError(f"baseline period reversed: baseline_period_start {self.baseline_period_start} "
+                             f"is after baseline_period_end {self.baseline_period_end}")
         return self
 
     @property

@@ -148,6 +148,11 @@ class Layout:
         return join(self.processed_embeddings_root, f"{name}_model.npz")
 
     @property
+    def seasonal_model(self) -> str:
+        """The seasonal baseline's period and AOI-wide floors (JSON), shared by every chip."""
+        return join(self.processed_embeddings_root, "seasonal_model.json")
+
+    @property
     def unique_chip_ids_root(self) -> str:
         """The folder holding one ``unique-chip-ids/<grid>`` folder per MGRS grid."""
         return join(self.output_dir, "unique-chip-ids")
@@ -225,6 +230,21 @@ class Layout:
     # Columns holding stored paths (meta, analyze rows, processed, consolidated; the first two in LanceDB).
     PATH_COLUMNS = ("s3_location_netcdf", "s3_location_png_thumbnail", "s3_location_cls_emb",
                     "s3_location_patch_emb")
+
+    # ---- exports (geofm export) --------------------------------------------------------------
+    ALERT_FORMATS = ("geojson", "gpkg", "parquet")
+
+    @property
+    def exports_dir(self) -> str:
+        return join(self.output_dir, "exports")
+
+    def change_alerts(self, fmt: str) -> str:
+        """The AOI's change alerts (polygons) in ``fmt``: geojson, gpkg or parquet (GeoParquet)."""
+        return join(self.exports_dir, f"change_alerts.{fmt}")
+
+    def change_raster(self, grid: str, day: str) -> str:
+        """A grid's per-patch change raster (COG) on one date (``YYYY-MM-DD``)."""
+        return join(self.exports_dir, grid, f"change_raster_{day}.tif")
 
     # ---- run bookkeeping ---------------------------------------------------------------------
     @property

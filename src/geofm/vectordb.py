@@ -42,6 +42,10 @@ EXACT_FILTERED_MAX_ROWS = 50_000
 # superseded in its last seconds.
 HOUSEKEEPING_GRACE = timedelta(seconds=10)
 log = logging.getLogger(__name__)
+# Few-shot scoring reads every row of a date (with its vector): more than this asks for a grid/bbox filter.
+MAX_SCORED_ROWS = 200_000
+# Search within change: at most this many changed chips become a filter (one SQL IN list per grid).
+MAX_CHANGED_CHIPS = 50_000
 
 
 def connect(uri: str) -> Any:
@@ -267,6 +271,66 @@ def query_vector(
     return np.asarray(row.pop("vector"), dtype=np.float32), row
 
 
+def changed_chips(tbl: Any, changed_since: date | str | None = None, min_change: float | None = None
+                  ) -> dict[str, list[str]]:
+    """MGRS grid -> chip ids that changed: a row dated on or after ``changed_since`` (any date when
+    None) whose ``change_score`` is at least ``min_change``, or, without ``min_change``, whose
+    ``changed`` flag is set (its chip is at least Medium on that date, by the run's thresholds).
+    Scores are on the run's scale (``1 - cosine`` against a baseline date, or the seasonal z-score)
+    and exist only for dates after a chip's baseline (docs/formats.md)."""
+    names = set(tbl.schema.names)
+    if not {"change_score", "changed"} <= names:
+        raise NotFoundError("the vector DB has no change columns (change_score, changed): rerun consolidate")
+    where = [f"change_score >= {float(min_change)!r}" if min_change is not None else "changed = true"]
+    if changed_since is not None:
+        where.append(f"date >= {_sql_date(changed_since)}")
+    cond = " AND ".join(where)
+    n = tbl.count_rows(cond)
+    rows = tbl.search().where(cond).select(["mgrs_grid", "chip_id"]).limit(max(n, 1)).to_pandas()
+    out: dict[str, list[str]] = {}
+    for (grid, chip), _ in rows.groupby(["mgrs_grid", "chip_id"], sort=True):
+        out.setdefault(str(grid), []).append(str(chip))
+    if sum(len(v) for v in out.values()) > MAX_CHANGED_CHIPS:
+        raise InputError(f"more than {MAX_CHANGED_CHIPS} chips changed by that filter; raise min_change, "
+                         "move changed_since later or filter by grid or bbox")
+    return out
+
+
+def changed_filter(tbl: Any, changed_since: date | str | None, min_change: float | None) -> str | None:
+    """The SQL condition keeping rows of chips that changed (:func:`changed_chips`); None without
+    either filter; a filter no chip passes gives a condition no row passes."""
+    if changed_since is None and min_change is None:
+        return None
+    chips = changed_chips(tbl, changed_since, min_change)
+    if not chips:
+        return "false"
+    parts = [f"(mgrs_grid = {_sql_str(g)} AND chip_id IN ({', '.join(_sql_str(c) for c in ids)}))"
+             for g, ids in chips.items()]
+    return "(" + " OR ".join(parts) + ")"
+
+
+def rows_on(db_uri: str, date_: date | str, grids: Sequence[str] | None = None,
+            bbox: Sequence[float] | str | None = None, table: str = DEFAULT_TABLE,
+            max_rows: int = MAX_SCORED_ROWS) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every row of one date passing the filters, with its class embedding ([N, D] float32), in
+    chip order; more than ``max_rows`` rows raise :class:`~geofm.errors.InputError` (narrow the grid
+    or bbox): what few-shot scoring reads."""
+    tbl = open_table(db_uri, table)
+    sql = " AND ".join(_filters(date_, None, grids, bbox))
+    n = tbl.count_rows(sql)
+    if n > max_rows:
+        raise InputError(f"{n} rows on {str(date_)[:10]} pass the filters; at most {max_rows} are scored "
+                         "at once: filter by grid or bbox")
+    dim = tbl.schema.field("vector").type.list_size
+    if n == 0:
+        empty = pd.DataFrame(columns=[f for f in tbl.schema.names if f != "vector"])
+        return empty, np.zeros((0, dim), np.float32)
+    df = tbl.search().where(sql).limit(n).to_pandas()
+    df = df.sort_values(["mgrs_grid", "y_dim", "x_dim"], kind="stable").reset_index(drop=True)
+    vectors = np.stack(df.pop("vector").to_numpy()).astype(np.float32)
+    return df, vectors
+
+
 def search(
     db_uri: str,
     chip_id: str | None = None,
@@ -282,11 +346,15 @@ def search(
     exact: bool | None = None,
     nprobes: int = DEFAULT_NPROBES,
     refine_factor: int | None = DEFAULT_REFINE_FACTOR,
+    changed_since: date | str | None = None,
+    min_change: float | None = None,
 ) -> pd.DataFrame:
     """The ``k`` rows most similar (cosine) to a chip at a date, or to ``vector``, best first.
 
     Filters: ``date_range`` (inclusive ``(start, end)``, either may be None), MGRS ``grids`` and a WGS84
-    ``bbox`` (rows whose chip box meets it). The query chip's own rows are left out unless
+    ``bbox`` (rows whose chip box meets it), and within change: only chips that changed on or after
+    ``changed_since`` and/or by at least ``min_change`` (:func:`changed_chips`). The query chip's own
+    rows are left out unless
     ``exclude_query_chip`` is False. ``exact`` True bypasses the ANN index (brute force); None (auto)
     does so when the filters keep at most ``EXACT_FILTERED_MAX_ROWS`` rows. Columns: chip_id,
     date, score (1 - cosine distance), mgrs_grid, s3_location_png_thumbnail and the other stored
@@ -299,6 +367,9 @@ def search(
         raise InputError(f"min_score must lie in [-1, 1], got {min_score}")
     tbl = open_table(db_uri, table)
     where = _filters(None, date_range, grids, bbox)
+    cond = changed_filter(tbl, changed_since, min_change)
+    if cond is not None:
+        where.append(cond)
     if vector is None:
         if chip_id is None or date is None:
             raise InputError("search needs chip_id and date, or a vector")

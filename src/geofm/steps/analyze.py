@@ -6,7 +6,9 @@ finished step-2 scenes that pass the limits (``analyze_rows``, each with the fin
 step-2 unit that embedded it: the input of every unit) and fits the PCA once on a seeded global
 subsample of them (``pca_sample_size`` rows of the chosen embedding kind), so every unit projects
 with the same model whatever the partitioning. A chip's inputs are its rows and the PCA's id.
-Rules for baselines and patch maps: geofm.change.
+Under ``baseline: seasonal`` it also resolves the baseline period and fits the AOI-wide floor of the
+residual spread once (:func:`fit_seasonal`, saved as ``processed-embeddings/seasonal_model.json``),
+so every chip's z-scores are judged alike. Rules for baselines and patch maps: geofm.change.
 Output: ``processed-embeddings/<grid>/<x>_<y>_processed_embeddings.parquet`` (docs/formats.md).
 """
 
@@ -22,10 +24,12 @@ import numpy as np
 import pandas as pd
 
 from geofm import change, geoparquet, markers, storage
+from geofm.change import SeasonalModel
 from geofm.columns import EMBEDDING_FILE
 from geofm.config import PipelineConfig
 from geofm.digest import digest
 from geofm.errors import InputError, NotFoundError
+from geofm.layout import Layout
 from geofm.reduce import PCAModel, fit_pca, load_pca, save_pca
 from geofm.report import UnitResult
 from geofm.steps.base import Step, UnitOutput
@@ -33,6 +37,7 @@ from geofm.steps.base import Step, UnitOutput
 EMBED_ID = "embed_id"  # analyze_rows only: identity of the step-2 unit that embedded the row's scene
 PCA_UNIT = "pca"
 CHIP_IDS_UNIT = "chip-ids"
+SEASONAL_UNIT = "seasonal"
 log = logging.getLogger(__name__)
 
 
@@ -136,6 +141,43 @@ def fit_global_pca(rows: pd.DataFrame, cfg: PipelineConfig) -> PCAModel:
     return fit_pca(sample[:n], n_components, cfg.embedding_kind, cfg.seed)
 
 
+# ---- seasonal baseline ---------------------------------------------------------------------------
+def _finite_series(lay: Layout, rows: pd.DataFrame, col: str) -> tuple[list[Any], np.ndarray | None]:
+    """A chip's dates and stacked embeddings, rows with NaN left out."""
+    dates, values = [], []
+    for d, stored in zip(rows["date"], rows[col], strict=True):
+        v = load_embedding(lay.resolve(stored))
+        if np.all(np.isfinite(v)):
+            dates.append(pd.Timestamp(d).date())
+            values.append(v)
+    return dates, (np.stack(values) if values else None)
+
+
+def fit_seasonal(rows: pd.DataFrame, cfg: PipelineConfig) -> SeasonalModel:
+    """The baseline period (from the config, else from the first date of all rows) and the AOI-wide
+    floors: the median baseline residual spread over ``seasonal_floor_chips`` chips drawn with the seed."""
+    col = EMBEDDING_FILE[cfg.embedding_kind]
+    start, end = change.baseline_period([pd.Timestamp(d).date() for d in rows["date"]],
+                                        cfg.baseline_period_start, cfg.baseline_period_end)
+    bare = SeasonalModel(cfg.seasonal_rule, cfg.harmonic_order, start, end, 0.0, 0.0)
+    groups = rows.groupby(["mgrs_grid", "chip_id"], sort=True).indices
+    keys = list(groups)
+    spreads = []
+    for i in sample_indices(len(keys), cfg.seasonal_floor_chips, cfg.seed):
+        dates, values = _finite_series(cfg.layout, rows.iloc[np.sort(groups[keys[i]])], col)
+        if values is not None:
+            spreads.append(change.baseline_spreads(dates, values, bare))
+    chip_floor, patch_floor = change.seasonal_floors(spreads)
+    return SeasonalModel(cfg.seasonal_rule, cfg.harmonic_order, start, end, chip_floor, patch_floor,
+                         len(spreads))
+
+
+def load_seasonal(url: str) -> SeasonalModel:
+    if not storage.exists(url):
+        raise NotFoundError(f"no seasonal baseline model at {url}: run analyze with baseline seasonal")
+    return SeasonalModel.from_dict(storage.read_json(url))
+
+
 # ---- one chip ------------------------------------------------------------------------------------
 _ROWS_CACHE: dict[str, tuple[str, gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]] = {}
 
@@ -186,8 +228,11 @@ def chip_inputs(cfg: PipelineConfig, rows: pd.DataFrame, model: PCAModel) -> str
 
 
 def analyze_chip(rows: pd.DataFrame, embeddings: list[np.ndarray], model: PCAModel,
-                 cfg: PipelineConfig) -> pd.DataFrame:
-    """The step-3 columns for one chip's date-sorted ``rows`` and their loaded embeddings (pure)."""
+                 cfg: PipelineConfig, seasonal: SeasonalModel | None = None) -> pd.DataFrame:
+    """The step-3 columns for one chip's date-sorted ``rows`` and their loaded embeddings (pure);
+    ``seasonal`` is needed under ``baseline: seasonal``."""
+    if cfg.baseline == "seasonal" and seasonal is None:
+        raise InputError("baseline 'seasonal' needs the seasonal model (baseline period and floors)")
     kind = cfg.embedding_kind
     out = rows.copy()
     n = len(out)
@@ -201,22 +246,48 @@ def analyze_chip(rows: pd.DataFrame, embeddings: list[np.ndarray], model: PCAMod
     summaries = [change.patch_summary(np.array([]), cfg.patch_change_threshold) for _ in range(n)]
     side = None
     baseline_date = pd.NaT
-    if ok:
+    zs = np.full(n, np.nan)
+    zmaps: list[list[float] | None] = [None] * n
+    zsummaries = [change.patch_z_summary(np.array([]), cfg.patch_z_threshold) for _ in range(n)]
+    if ok and seasonal is not None and cfg.baseline == "seasonal":
+        baseline_date = pd.Timestamp(seasonal.period_end)
+        sc = change.seasonal_change([out["date"].iloc[i].date() for i in ok],
+                                    np.stack([embeddings[i] for i in ok]), seasonal)
+        sims[ok], zs[ok] = sc.similarity, sc.z
+        if kind == "patch":
+            assert sc.patch_similarity is not None and sc.patch_z is not None
+            side = change.patch_grid_side(sc.patch_similarity.shape[1])
+            for j, i in enumerate(ok):
+                maps[i] = [float(v) for v in sc.patch_similarity[j]]
+                zmaps[i] = [float(v) for v in sc.patch_z[j]]
+                summaries[i] = change.patch_summary(sc.patch_similarity[j], cfg.patch_change_threshold)
+                zsummaries[i] = change.patch_z_summary(sc.patch_z[j], cfg.patch_z_threshold)
+    elif ok:
         b = ok[change.baseline_index(out["cloud_cover_perc"].iloc[ok].tolist(), cfg.baseline,
                                      cfg.baseline_max_cloud)]
         baseline_date = out["date"].iloc[b]
         base = embeddings[b]
         for i in ok:
             sims[i] = change.cosine_similarity(embeddings[i], base)
-        pcs[ok] = model.transform(np.stack([embeddings[i].ravel() for i in ok]))
         if kind == "patch":
             side = change.patch_grid_side(base.shape[0])
             for i in ok:
                 m = change.patch_similarity(embeddings[i], base)
                 maps[i] = [float(v) for v in m]
                 summaries[i] = change.patch_summary(m, cfg.patch_change_threshold)
+    if ok:
+        pcs[ok] = model.transform(np.stack([embeddings[i].ravel() for i in ok]))
     out["baseline_date"] = baseline_date
     out["cosine_sim"] = sims
+    if cfg.baseline == "seasonal" and seasonal is not None:
+        out["baseline_rule"] = seasonal.label
+        out["baseline_period_start"] = pd.Timestamp(seasonal.period_start)
+        out["baseline_period_end"] = pd.Timestamp(seasonal.period_end)
+        out["change_z"] = zs
+        out["change_score"] = zs
+    else:
+        out["baseline_rule"] = cfg.baseline
+        out["change_score"] = change.chip_score(sims)
     for j in range(model.n_components):
         out[f"{kind}_emb_pca_{j + 1}"] = pcs[:, j]
     if kind == "patch":
@@ -224,6 +295,10 @@ def analyze_chip(rows: pd.DataFrame, embeddings: list[np.ndarray], model: PCAMod
             out[key] = [s[key] for s in summaries]
         out["patch_grid"] = side if side is not None else math.nan
         out["patch_sim_map"] = maps
+        if cfg.baseline == "seasonal":
+            out["patch_z_max"] = [s["patch_z_max"] for s in zsummaries]
+            out["patch_changed_share"] = [s["patch_changed_share"] for s in zsummaries]
+            out["patch_z_map"] = zmaps
     return out
 
 
@@ -237,7 +312,8 @@ def process_unit(cfg: PipelineConfig, unit: str) -> UnitOutput:
     if rows.empty:
         return UnitOutput([], {"rows": 0})
     embeddings = [load_embedding(lay.resolve(u)) for u in rows[EMBEDDING_FILE[cfg.embedding_kind]]]
-    frame = analyze_chip(rows.drop(columns=EMBED_ID), embeddings, model, cfg)
+    seasonal = load_seasonal(lay.seasonal_model) if cfg.baseline == "seasonal" else None
+    frame = analyze_chip(rows.drop(columns=EMBED_ID), embeddings, model, cfg, seasonal)
     geoparquet.write(url, frame)
     return UnitOutput([url], {
         "rows": len(frame), "nan_rows": int(frame["embedding_contains_nan_yn"].sum()),
@@ -259,16 +335,20 @@ class Analyze(Step):
     name: ClassVar[str] = "analyze"
     params: ClassVar[tuple[str, ...]] = ("embedding_kind", "n_components", "pca_sample_size", "seed",
                                          "baseline", "baseline_max_cloud", "analyze_max_cloud",
-                                         "analyze_max_missing", "patch_change_threshold")
+                                         "analyze_max_missing", "patch_change_threshold",
+                                         "baseline_period_start", "baseline_period_end", "seasonal_rule",
+                                         "harmonic_order", "seasonal_floor_chips", "patch_z_threshold")
 
-    own_units: ClassVar[tuple[str, ...]] = (CHIP_IDS_UNIT, PCA_UNIT)
+    own_units: ClassVar[tuple[str, ...]] = (CHIP_IDS_UNIT, PCA_UNIT, SEASONAL_UNIT)
 
     def prepare(self, cfg: PipelineConfig) -> list[UnitResult]:
         """Before the units, three pieces of work from every embedded chip meta: the chip id files
         (``unique-chip-ids/``, the units) and the global PCA, each a resumable unit of its own, and the
-        selected rows (``analyze_rows``, the input of every unit)."""
+        selected rows (``analyze_rows``, the input of every unit); under a seasonal baseline also the
+        seasonal model (a resumable unit too)."""
         lay = cfg.layout
-        results = []
+        results: list[UnitResult] = []
+        unit = PCA_UNIT  # what a failure is reported as
         try:
             meta = read_all_meta(cfg)
             status, info = self._write_chip_ids(cfg, meta)
@@ -290,10 +370,14 @@ class Analyze(Step):
 
             fp = markers.fingerprint(self.name, self.param_values(cfg), {"rows": pca_inputs(rows, cfg)})
             status, info = markers.run(lay, self.name, PCA_UNIT, fp, fit, force=cfg.force)
+            results.append(UnitResult(PCA_UNIT, status, info=info))
+            if cfg.baseline == "seasonal":
+                unit = SEASONAL_UNIT
+                results.append(self._prepare_seasonal(cfg, rows, fp))
         except (InputError, NotFoundError) as exc:
-            return [*results, UnitResult(PCA_UNIT, "failed", error=f"{type(exc).__name__}: {exc}",
+            return [*results, UnitResult(unit, "failed", error=f"{type(exc).__name__}: {exc}",
                                          error_kind="input" if isinstance(exc, InputError) else "not-found")]
-        return [*results, UnitResult(PCA_UNIT, status, info=info)]
+        return results
 
     def _write_chip_ids(self, cfg: PipelineConfig, meta: pd.DataFrame) -> tuple[str, dict[str, Any]]:
         """One file per chip that step 2 embedded on any date (the spec's ``unique-chip-ids``); ids
@@ -314,12 +398,29 @@ class Analyze(Step):
         fp = markers.fingerprint(f"{self.name}/{CHIP_IDS_UNIT}", {}, [list(i) for i in ids])
         return markers.run(lay, self.name, CHIP_IDS_UNIT, fp, write, force=cfg.force)
 
+    def _prepare_seasonal(self, cfg: PipelineConfig, rows: pd.DataFrame, rows_fp: str) -> UnitResult:
+        """The seasonal model (baseline period, AOI-wide floors): resumable like the PCA, from the
+        same rows."""
+        url = cfg.layout.seasonal_model
+
+        def fit() -> UnitOutput:
+            model = fit_seasonal(rows, cfg)
+            storage.write_json(url, model.to_dict())
+            return UnitOutput([url], model.to_dict())
+
+        fp = markers.fingerprint(f"{self.name}/{SEASONAL_UNIT}", {}, rows_fp)
+        status, info = markers.run(cfg.layout, self.name, SEASONAL_UNIT, fp, fit, force=cfg.force)
+        return UnitResult(SEASONAL_UNIT, status, info=info)
+
     def units(self, cfg: PipelineConfig) -> list[str]:
         return chip_units(cfg)
 
     def inputs(self, cfg: PipelineConfig, unit: str) -> Any:
         grid, x, y = parse_unit(unit)
-        return chip_inputs(cfg, chip_rows(cfg, grid, f"{x}_{y}"), _pca(cfg))
+        ident = chip_inputs(cfg, chip_rows(cfg, grid, f"{x}_{y}"), _pca(cfg))
+        if cfg.baseline != "seasonal":
+            return ident
+        return [ident, load_seasonal(cfg.layout.seasonal_model).to_dict()]
 
     def process(self, cfg: PipelineConfig, unit: str) -> UnitOutput:
         return process_unit(cfg, unit)

@@ -38,7 +38,8 @@ from geofm.steps.analyze import load_embedding
 from geofm.steps.base import Step, UnitOutput
 
 VECTOR_DB_UNIT = "lance-db"
-_NOT_IN_VECTOR_DB = ("patch_sim_map",)  # the bulk of a consolidated row; not read to load the vector DB
+# the bulk of a consolidated row; not read to load the vector DB
+_NOT_IN_VECTOR_DB = ("patch_sim_map", "patch_z_map")
 log = logging.getLogger(__name__)
 
 
@@ -84,7 +85,11 @@ def chips_frame(grid: ChipGrid, chips: list[Any], mgrs: str, aoi_name: str) -> g
 # ---- change intensity ----------------------------------------------------------------------------
 def change_records(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Per analysed chip of ``rows``: latest/lowest similarity, largest drop, High/Medium/Low
-    (geofm.change) and its polygon."""
+    (geofm.change) and its polygon; under a seasonal baseline the class comes from the largest z-score
+    after the baseline period."""
+    seasonal = cfg.baseline == "seasonal"
+    if seasonal and "change_z" not in rows.columns:
+        raise InputError("baseline 'seasonal' but the processed embeddings have no change_z: rerun analyze")
     out = []
     for chip_id, g in rows.groupby("chip_id", sort=False):
         g = g.sort_values("date")
@@ -93,12 +98,19 @@ def change_records(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> list[dict[str
         baseline = pd.Timestamp(base.iloc[0]).date() if len(base) else dates[0]
         s = change.change_summary(dates, g["cosine_sim"].to_numpy(float), baseline,
                                   cfg.change_threshold_high, cfg.change_threshold_medium)
+        if seasonal:
+            s.update(change.seasonal_summary(dates, g["change_z"].to_numpy(float), baseline,
+                                             cfg.change_z_high, cfg.change_z_medium))
+        rule = g["baseline_rule"].iloc[0] if "baseline_rule" in g.columns else cfg.baseline
         rec = {"chip_id": chip_id, "x_dim": int(g["x_dim"].iloc[0]), "y_dim": int(g["y_dim"].iloc[0]),
-               "mgrs_grid": g["mgrs_grid"].iloc[0], "baseline_date": baseline.isoformat(), **s}
-        for k in ("latest_date", "min_sim_date", "largest_drop_date"):
-            rec[k] = rec[k].isoformat() if rec[k] is not None else None
-        for k in ("latest_sim", "min_sim"):
-            rec[k] = None if rec[k] is None or not math.isfinite(rec[k]) else rec[k]
+               "mgrs_grid": g["mgrs_grid"].iloc[0], "baseline_date": baseline.isoformat(),
+               "baseline_rule": rule, **s}
+        for k in ("latest_date", "min_sim_date", "largest_drop_date", "max_z_date"):
+            if k in rec:
+                rec[k] = rec[k].isoformat() if rec[k] is not None else None
+        for k in ("latest_sim", "min_sim", "max_z"):
+            if k in rec:
+                rec[k] = None if rec[k] is None or not math.isfinite(rec[k]) else rec[k]
         rec["geometry"] = g.geometry.iloc[0]
         out.append(rec)
     return out
@@ -152,12 +164,24 @@ def frontend_config(cfg: PipelineConfig, grid: str, rows: pd.DataFrame | None = 
         "change_threshold_high": cfg.change_threshold_high,
         "change_threshold_medium": cfg.change_threshold_medium,
         "patch_change_threshold": cfg.patch_change_threshold,
+        "change_z_high": cfg.change_z_high,
+        "change_z_medium": cfg.change_z_medium,
+        "patch_z_threshold": cfg.patch_z_threshold,
+        "baseline_period_start": _first_date(rows, "baseline_period_start"),
+        "baseline_period_end": _first_date(rows, "baseline_period_end"),
         "vectordb_type": "lancedb",
         "vectordb_path": _rel(lay.lance_db, base),
         "vectordb_collection_name": vectordb.DEFAULT_TABLE,
         "model": models[0] if len(models) == 1 else models or cfg.model,
         "embedding_dim": embedding_dim,
     }
+
+
+def _first_date(rows: pd.DataFrame, col: str) -> str | None:
+    """A column's first date as ISO text (None when the column is absent or empty)."""
+    if col not in rows.columns or not rows[col].notna().any():
+        return None
+    return pd.Timestamp(rows[col].dropna().iloc[0]).date().isoformat()
 
 
 # ---- one grid ------------------------------------------------------------------------------------
@@ -245,9 +269,12 @@ def process_unit(cfg: PipelineConfig, grid: str) -> UnitOutput:
 
 
 # ---- vector DB -----------------------------------------------------------------------------------
-def vector_rows(rows: gpd.GeoDataFrame, lay: Layout) -> tuple[pd.DataFrame, np.ndarray]:
+def vector_rows(rows: gpd.GeoDataFrame, lay: Layout, scale: change.ChangeScale | None = None
+                ) -> tuple[pd.DataFrame, np.ndarray]:
     """LanceDB columns (docs/formats.md) and class embeddings of the rows that have a clean one; paths
-    are stored by ``lay``'s rule, the geometry as WKB (its bounds beside it, for the bbox filter)."""
+    are stored by ``lay``'s rule, the geometry as WKB (its bounds beside it, for the bbox filter); with
+    ``scale``, the change score of rows after their baseline and whether it makes the chip changed
+    (what search within change filters on)."""
     ok = rows[~rows["embedding_contains_nan_yn"].astype(bool) & rows["s3_location_cls_emb"].notna()]
     vectors, keep = [], []
     for i, url in zip(ok.index, ok["s3_location_cls_emb"], strict=True):
@@ -271,6 +298,14 @@ def vector_rows(rows: gpd.GeoDataFrame, lay: Layout) -> tuple[pd.DataFrame, np.n
         "s3_location_netcdf": [lay.restore(str(v)) for v in sel["s3_location_netcdf"]],
         "cosine_sim": sel["cosine_sim"].astype(float),
     })
+    if scale is not None:
+        monitored = (pd.to_datetime(sel["date"], utc=True)
+                     > pd.to_datetime(sel["baseline_date"], utc=True)).to_numpy()
+        score = sel["change_score"].to_numpy(float) if "change_score" in sel.columns \
+            else change.chip_score(sel["cosine_sim"].to_numpy(float))
+        score = np.where(monitored, score, np.nan)
+        out["change_score"] = score
+        out["changed"] = scale.chip_changed(score)
     for col in sorted(c for c in sel.columns if "_emb_pca_" in c):
         out[col] = sel[col].astype(float)
     dim = vectors[0].shape[0] if vectors else 0
@@ -284,7 +319,8 @@ def load_vector_db(cfg: PipelineConfig, grids: list[str]) -> dict[str, Any]:
     for grid in grids:
         if not storage.exists(lay.consolidated_output(grid)):
             continue
-        df, v = vector_rows(geoparquet.read(lay.consolidated_output(grid), exclude=_NOT_IN_VECTOR_DB), lay)
+        df, v = vector_rows(geoparquet.read(lay.consolidated_output(grid), exclude=_NOT_IN_VECTOR_DB), lay,
+                            change.change_scale(cfg))
         if len(df):
             frames.append(df)
             vecs.append(v)
@@ -304,7 +340,8 @@ class Consolidate(Step):
 
     name: ClassVar[str] = "consolidate"
     params: ClassVar[tuple[str, ...]] = ("aoi_name", "baseline", "embedding_kind", "change_threshold_high",
-                                         "change_threshold_medium", "patch_change_threshold")
+                                         "change_threshold_medium", "patch_change_threshold",
+                                         "change_z_high", "change_z_medium")
     vector_params: ClassVar[tuple[str, ...]] = ("vector_index_min_rows", "vector_index_type")
 
     own_units: ClassVar[tuple[str, ...]] = (VECTOR_DB_UNIT,)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+from geofm.errors import InputError
 from geofm.sentinel2 import TILE_EXTENT_M
 from geofm.synth.mgrs import tile_origin
 from geofm.synth.scene import SynthResult, synthesize
 
-__all__ = ["TILE_EXTENT_M", "SynthResult", "default_dates", "synthesize", "tile_origin"]
+__all__ = ["TILE_EXTENT_M", "SynthResult", "default_dates", "synthesize", "tile_origin", "years_end"]
 
 
 def default_dates(
@@ -21,11 +22,21 @@ def default_dates(
 ) -> list[date]:
     """Dates from ``start`` to ``end`` every ``every`` days (what the CLI's defaults give)."""
     if every < 1:
-        raise ValueError(f"--every must be at least 1 day, not {every}")
+        raise InputError(f"--every must be at least 1 day, not {every}")
     if end < start:
-        raise ValueError(f"dates reversed: start {start} is after end {end}")
+        raise InputError(f"dates reversed: start {start} is after end {end}")
     out, d = [], start
     while d <= end:
         out.append(d)
         d += timedelta(days=every)
     return out
+
+
+def years_end(start: date, years: int) -> date:
+    """The last day of ``years`` whole years from ``start`` (``geofm synth --years``)."""
+    if years < 1:
+        raise InputError(f"--years must be at least 1, not {years}")
+    try:
+        return start.replace(year=start.year + years) - timedelta(days=1)
+    except ValueError:  # 29 February
+        return date(start.year + years, 2, 28)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+from geofm.errors import InputError
 from geofm.sentinel2 import utm_epsg
 
 _SQUARE = 100_000.0
@@ -30,7 +31,7 @@ def parse_grid(grid: str) -> tuple[int, str, str, str]:
     """``33TWL`` -> (33, 'T', 'W', 'L'); a bad tile name raises naming it."""
     m = _GRID.match(grid.upper().removeprefix("MGRS-"))
     if m is None or not 1 <= int(m["zone"]) <= 60:
-        raise ValueError(f"not an MGRS tile: {grid!r} (expected like 33TWL)")
+        raise InputError(f"not an MGRS tile: {grid!r} (expected like 33TWL)")
     return int(m["zone"]), m["band"], m["col"], m["row"]
 
 
@@ -39,7 +40,7 @@ def square_origin(grid: str) -> tuple[float, float]:
     zone, band, col, row = parse_grid(grid)
     columns = _COLUMN_SETS[zone % 3]
     if col not in columns:
-        raise ValueError(f"MGRS tile {grid!r}: column letter {col} does not occur in UTM zone {zone}")
+        raise InputError(f"MGRS tile {grid!r}: column letter {col} does not occur in UTM zone {zone}")
     easting = (columns.index(col) + 1) * _SQUARE
     row_offset = 5 if zone % 2 == 0 else 0  # even zones start their row letters at F
     northing = ((_ROW_LETTERS.index(row) - row_offset) % 20) * _SQUARE

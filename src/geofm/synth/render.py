@@ -97,14 +97,14 @@ class Landscape:
     """Land-cover patches, textures and per-date skies over a padded 10 m grid of ``height x width``."""
 
     def __init__(self, height: int, width: int, plans: list[SkyPlan], changes: list[PlantedChange],
-                 seed: int, patch_px: float = 40.0):
+                 seed: int, patch_px: float = 40.0, scenario: sp.Scenario = sp.SCENARIOS["default"]):
         self.height, self.width = height, width
-        self.plans, self.changes, self.seed = plans, changes, seed
+        self.plans, self.changes, self.seed, self.scenario = plans, changes, seed, scenario
         rng = np.random.default_rng([seed, 20231])
         n_patches = max(8, int(height * width / patch_px**2))
         self.seeds = rng.uniform(0, 1, (n_patches, 2)) * [height, width]
-        ids = list(sp.PATCH_WEIGHTS)
-        probs = np.asarray([sp.PATCH_WEIGHTS[i] for i in ids])
+        ids = list(scenario.patch_weights)
+        probs = np.asarray([scenario.patch_weights[i] for i in ids])
         classes = rng.choice(ids, size=n_patches, p=probs / probs.sum())
         classes[: len(ids)] = ids  # every class occurs at least once
         self.patch_class = classes.astype(np.uint8)
@@ -119,6 +119,18 @@ class Landscape:
              SmoothField(rng, height, width, 4, 1.0))
             for _ in plans
         ]
+
+    def crop_year(self, year: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per crop field, this year's sowing shift (days) and peak green fraction (its own random
+        stream per seed and year, so the other draws stay as they were)."""
+        n = len(self.patch_phase)
+        sc = self.scenario
+        if sc.sowing_shift_days == 0 and sc.peak_spread == 0:
+            return np.zeros(n, np.float32), np.ones(n, np.float32)
+        rng = np.random.default_rng([self.seed, 20232, year])
+        shift = rng.normal(0, sc.sowing_shift_days, n).astype(np.float32)
+        peak = np.clip(1 + rng.normal(0, sc.peak_spread, n), 0.5, 1.0).astype(np.float32)
+        return shift, peak
 
     # ---- land cover ------------------------------------------------------------------------
     def patches(self, r0: int, r1: int) -> np.ndarray:
@@ -170,7 +182,9 @@ class Landscape:
         table[sp.BARE.id] = sp.SPECTRA["bare"]
 
         green = np.zeros(lc.shape, np.float32)
-        crop_g = np.asarray([sp.crop_green_fraction(day, float(p)) for p in self.patch_phase], np.float32)
+        shift, peak = self.crop_year(day.year)
+        crop_g = np.asarray([sp.crop_green_fraction(day, float(p + s), float(k))
+                             for p, s, k in zip(self.patch_phase, shift, peak, strict=True)], np.float32)
         is_crop = lc == sp.CROPLAND.id
         green[is_crop] = crop_g[patches[is_crop]]
         green[lc == sp.GRASSLAND.id] = sp.grass_green_fraction(day)

@@ -22,6 +22,7 @@ from shapely.geometry import box, mapping
 
 from geofm import storage, thumbnails
 from geofm.aoi import to_feature_collection
+from geofm.errors import InputError
 from geofm.layout import Layout
 from geofm.sentinel2 import (
     BANDS,
@@ -81,6 +82,7 @@ class SynthResult:
     sky: dict[str, str]  # scene id -> clear | light | heavy
     cloud_cover: dict[str, float]  # scene id -> eo:cloud_cover (percent)
     archive_dir: str = ""
+    scenario: str = "default"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def item(self, scene_id: str) -> dict[str, Any]:
@@ -100,11 +102,11 @@ class SynthResult:
 def _check(grid: str, dates: list[date], extent_m: float) -> None:
     parse_grid(grid)
     if not dates:
-        raise ValueError("dates: give at least one date")
+        raise InputError("dates: give at least one date")
     if len(set(dates)) != len(dates):
-        raise ValueError(f"dates: duplicates in {sorted(dates)}")
+        raise InputError(f"dates: duplicates in {sorted(dates)}")
     if not 0 < extent_m <= TILE_EXTENT_M or extent_m % 20 != 0:
-        raise ValueError(f"extent_m: {extent_m} must be a multiple of 20 m in (0, {TILE_EXTENT_M:.0f}]")
+        raise InputError(f"extent_m: {extent_m} must be a multiple of 20 m in (0, {TILE_EXTENT_M:.0f}]")
 
 
 def plant_changes(n_rows: int, dates: list[date]) -> list[PlantedChange]:
@@ -185,14 +187,19 @@ def synthesize(
     into_layout: bool = True,
     harmonised: bool = True,
     quiet: bool = True,
+    scenario: str = "default",
 ) -> SynthResult:
     """Synthesize Sentinel-2 L2A scenes of MGRS tile ``grid`` on ``dates`` under ``root``.
 
     The scenes cover ``extent_m`` x ``extent_m`` from the tile's upper-left corner (109,800 for the
     whole tile). ``harmonised=False`` writes baseline-04.00 scenes with the +1000 DN offset still in
     the pixels and ``earthsearch:boa_offset_applied: false`` (for dates from 2022-01-25 on).
+    ``scenario`` picks the landscape recipe (:data:`geofm.synth.spectra.SCENARIOS`): ``default``, or
+    ``farmland`` (half the land in crops whose cycle shifts from year to year; give it dates over two
+    or more years to compare change baselines against the seasons).
     """
     grid = grid.upper().removeprefix("MGRS-")
+    recipe = sp.scenario(scenario)
     dates = sorted(dates or DEFAULT_DATES)
     _check(grid, dates, extent_m)
     epsg = utm_epsg(grid)
@@ -205,7 +212,7 @@ def synthesize(
     scene_ids = [f"{platform_on(d)}_{grid}_{d:%Y%m%d}_0_L2A" for d in dates]
     plans: list[SkyPlan] = sky_plans(dates)
     changes = plant_changes(n10, dates)
-    land = Landscape(pad, pad, plans, changes, seed)
+    land = Landscape(pad, pad, plans, changes, seed, scenario=recipe)
 
     scl_counts = [np.zeros(12, np.int64) for _ in dates]
     blocksize = 512 if n10 >= 4096 else (256 if n10 >= 1024 else 64)
@@ -286,6 +293,7 @@ def synthesize(
         landcover_paths={s: paths.landcover(root, grid, s) for s in scene_ids},
         classes=classes, changes=changes, sky={s: p.kind for s, p in zip(scene_ids, plans, strict=True)},
         cloud_cover={it["id"]: it["properties"]["eo:cloud_cover"] for it in items}, archive_dir=archive,
+        scenario=recipe.name,
     )
 
 

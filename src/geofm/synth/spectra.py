@@ -13,6 +13,7 @@ from datetime import date
 
 import numpy as np
 
+from geofm.errors import InputError
 from geofm.sentinel2 import BANDS
 
 
@@ -47,14 +48,43 @@ _S = {  # B01   B02    B03    B04    B05    B06    B07    B08    B8A    B09    B
     "cloud": (0.520, 0.540, 0.540, 0.550, 0.560, 0.570, 0.570, 0.580, 0.580, 0.420, 0.450, 0.350),
     "cirrus": (0.060, 0.060, 0.055, 0.050, 0.050, 0.048, 0.046, 0.045, 0.045, 0.030, 0.030, 0.020),
 }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A landscape recipe: the share of land-cover patches per class, and how much a crop field's
+    cycle differs from one year to the next (sowing date shift and peak greenness, per field and year),
+    as real fields do with weather and rotation; 0 repeats the same cycle every year."""
+
+    name: str
+    patch_weights: dict[int, float]
+    sowing_shift_days: float = 0.0  # standard deviation, days
+    peak_spread: float = 0.0  # standard deviation of the peak green fraction (1 = full canopy)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "default": Scenario("default", PATCH_WEIGHTS),
+    # half the land in summer crops whose cycle varies from year to year: for seasonal baselines
+    "farmland": Scenario("farmland", {1: 0.16, 2: 0.50, 3: 0.12, 4: 0.06, 5: 0.08, 6: 0.08},
+                         sowing_shift_days=12.0, peak_spread=0.08),
+}
+
+
+def scenario(name: str) -> Scenario:
+    """The scenario called ``name``; unknown names raise naming the known ones."""
+    if name not in SCENARIOS:
+        raise InputError(f"unknown synthetic scenario {name!r}; use one of {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]
+
+
 SPECTRA: dict[str, np.ndarray] = {k: np.asarray(v, dtype=np.float32) for k, v in _S.items()}
 assert all(len(v) == len(BANDS) for v in SPECTRA.values())
 
 
-def crop_green_fraction(day: date, phase_days: float = 0.0) -> float:
-    """Green canopy fraction of a summer crop on ``day``: bare in winter, full near late June."""
+def crop_green_fraction(day: date, phase_days: float = 0.0, peak: float = 1.0) -> float:
+    """Green canopy fraction of a summer crop on ``day``: bare in winter, ``peak`` near late June."""
     doy = day.timetuple().tm_yday
-    return float(math.exp(-(((doy - 175.0 - phase_days) / 50.0) ** 2)))
+    return float(peak * math.exp(-(((doy - 175.0 - phase_days) / 50.0) ** 2)))
 
 
 def grass_green_fraction(day: date) -> float:
