@@ -13,6 +13,8 @@ Relevant = chips at least half that cover, examples excluded; k = 10. Rules:
 - cosine-mean: cosine to the positives' mean (no negatives);
 - centroid, logreg, svm: `geofm.fewshot.fit_scorer` with the background of the date's other chips
   (what `geofm search` does);
+- svm-unshrunk: svm with every feature scaled by its own spread (`scale_shrink` 0; the default
+  shrinks each variance halfway to the mean variance);
 - logreg-alone, svm-alone: the same classifiers fitted on the 6 examples only (no background).
 Scores come from the vector DB's rows of the date (`geofm.vectordb.rows_on`), as `geofm search` reads them.
 
@@ -37,7 +39,7 @@ from geofm.synth import truth
 DATES = [dt.date(2023, 6, 10), dt.date(2023, 8, 20)]
 CHIP = 32
 K = 10
-METHODS = ("cosine-1", "cosine-mean", "centroid", "logreg", "svm", "logreg-alone", "svm-alone")
+METHODS = ("cosine-1", "cosine-mean", "centroid", "logreg", "svm", "svm-unshrunk", "logreg-alone", "svm-alone")
 
 
 def ranked(scorer: fewshot.Scorer, vectors: np.ndarray, ids: np.ndarray, exclude: set[str]) -> list[str]:
@@ -74,6 +76,7 @@ def evaluate(ids: np.ndarray, vectors: np.ndarray, shares: dict[str, float], rng
             res["cosine-mean"] = prec(fewshot.fit_scorer(fewshot.unit_rows(p).mean(axis=0, keepdims=True)))
             for m in ("centroid", "logreg", "svm"):
                 res[m] = prec(fewshot.fit_scorer(p, n, m, bg))
+            res["svm-unshrunk"] = prec(fewshot.fit_scorer(p, n, "svm", bg, scale_shrink=0.0))
             for m in ("logreg", "svm"):
                 res[f"{m}-alone"] = prec(fewshot.fit_scorer(p, n, m))
             out.append(res)

@@ -3,14 +3,17 @@ the left half of chip 41_30 is cleared from the fourth date, nothing else change
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from shapely.geometry import box
 
 from fixtures.hand_embeddings import CHANGE_CHIP, CHANGE_INDEX, CHIP, DATES, GRID, GSD, ORIGIN, PATCH, X0, Y0
-from geofm import alerts
+from geofm import alerts, change
 from geofm.errors import NotFoundError
 from geofm.pipeline import run_pipeline
 
@@ -83,3 +86,33 @@ def test_change_raster_values_and_cog(hand_embeddings) -> None:
     before = alerts.change_layer(alerts.read_grid_rows(cfg.layout, GRID), GRID, DATES[0],
                                  alerts.grid_scale(alerts.read_grid_rows(cfg.layout, GRID), cfg))[1]
     assert np.isnan(before).all()  # the baseline date itself is not monitored
+
+
+def _one_chip_rows(sims: list[list[float]]) -> pd.DataFrame:
+    """A chip of 2 x 2 patches: a baseline date, then one date per entry of ``sims`` (patch similarities)."""
+    days = [date(2024, 1, 5) + timedelta(days=30 * i) for i in range(len(sims) + 1)]
+    base = {"chip_id": "0_0", "x_dim": 0, "y_dim": 0, "baseline_date": pd.Timestamp(days[0]),
+            "baseline_rule": "first-clear", "patch_grid": 2, "patch_z_map": None, "utm_minx": 500000.0,
+            "utm_maxy": 4000000.0, "chip_size": 64, "gsd": 10.0, "crs": "EPSG:32633"}
+    return pd.DataFrame([{**base, "date": pd.Timestamp(d), "patch_sim_map": s}
+                         for d, s in zip(days, [[1.0] * 4, *sims], strict=True)])
+
+
+def test_an_alert_needs_a_change_that_stays() -> None:
+    """Patch 0 (top left) changes once (a passing cloud), patch 1 (top right) from the second date on,
+    patch 2 (bottom left) on the last date only: with 2 dates in a row, patch 1 is a confirmed alert,
+    patch 2 an unconfirmed one, patch 0 none; with 1, patch 0 is alerted too and joins them."""
+    rows = _one_chip_rows([[0.1, 1.0, 1.0, 1.0], [1.0, 0.2, 1.0, 1.0], [1.0, 0.3, 1.0, 1.0],
+                           [1.0, 0.1, 0.2, 1.0]])
+    scale = change.ChangeScale("first-clear", 0.7, 0.4, 0.5)
+    _, first, peak, confirmed = alerts.first_detections(rows, GRID, scale, min_dates=2)
+    days = sorted(pd.to_datetime(rows["date"]).dt.date)
+    assert first[0, 0] == alerts._NONE and first[0, 1] == days[2].toordinal()
+    assert confirmed[0, 1] and not confirmed[1, 0] and first[1, 0] == days[4].toordinal()
+    assert peak[0, 1] == pytest.approx(0.9) and peak[1, 0] == pytest.approx(0.8)
+    assert first[1, 1] == alerts._NONE
+    frame = alerts.grid_alerts(rows, GRID, scale, min_dates=2).sort_values("first_detected")
+    assert frame["first_detected"].tolist() == [days[2].isoformat(), days[4].isoformat()]
+    assert frame["confirmed"].tolist() == [True, False]
+    once = alerts.grid_alerts(rows, GRID, scale, min_dates=1)
+    assert len(once) == 1 and once["first_detected"].iloc[0] == days[1].isoformat()  # 0 touches 1 and 2

@@ -8,10 +8,14 @@ config they agree with the change-intensity layer and the vector DB's ``changed`
 - The patch grid of an MGRS grid: every analysed chip split into its ``patch_grid`` x ``patch_grid``
   patches, on the chips' tile-anchored UTM grid (north-up, one pixel per patch).
 - Alerts: a patch is changed on a date after its chip's baseline when its score passes the patch
-  threshold; its first such date is its first detection. Changed patches that share an edge are
-  dissolved into one polygon with the earliest first detection, the largest and mean magnitude (the
-  patches' largest scores after their first detection), the chip holding most of its patches, every
-  chip it touches, and the baseline rule. Polygons are in EPSG:4326.
+  threshold. It is alerted when it stays changed on ``alert_min_dates`` of its observations in a row
+  (confirmed; a passing cloud or a one-date glitch is not) or on every observation up to its last
+  (unconfirmed: too recent to tell); its first detection is the first date of that run (dates on
+  which its chip has no row, e.g. too cloudy, neither break nor extend a run). Alerted patches that
+  share an edge are dissolved into one polygon with the earliest first detection, the largest and mean
+  magnitude (the patches' largest scores from their first detection on), whether any of its patches
+  is confirmed, the chip holding most of its patches, every chip it touches, and the baseline rule.
+  Polygons are in EPSG:4326.
 - Change raster: one float32 band of per-patch scores on one date (NaN where a chip has no row that
   day or the date is not after its baseline), a COG (DEFLATE, floating-point predictor, overviews).
 """
@@ -39,8 +43,8 @@ from geofm.errors import InputError, NotFoundError
 from geofm.layout import Layout
 from geofm.steps.consolidate import grid_units, tile_chip_grid
 
-ALERT_COLUMNS = ("alert_id", "mgrs_grid", "first_detected", "magnitude", "mean_magnitude", "score_kind",
-                 "n_patches", "area_m2", "chip_id", "chip_ids", "baseline_rule")
+ALERT_COLUMNS = ("alert_id", "mgrs_grid", "first_detected", "confirmed", "magnitude", "mean_magnitude",
+                 "score_kind", "n_patches", "area_m2", "chip_id", "chip_ids", "baseline_rule")
 _NONE = np.iinfo(np.int32).max  # "no detection" in the first-detection raster (date ordinals)
 
 
@@ -222,34 +226,46 @@ def peak_layer(rows: pd.DataFrame, grid: str, scale: change.ChangeScale) -> tupl
 
 
 # ---- alerts --------------------------------------------------------------------------------------
-def first_detections(rows: pd.DataFrame, grid: str, scale: change.ChangeScale
-                     ) -> tuple[PatchGrid, np.ndarray, np.ndarray]:
-    """Per patch of a grid: the ordinal of its first changed date after the baseline (``_NONE`` when
-    never) and its largest score from then on (NaN when never changed)."""
+def first_detections(rows: pd.DataFrame, grid: str, scale: change.ChangeScale, min_dates: int = 2
+                     ) -> tuple[PatchGrid, np.ndarray, np.ndarray, np.ndarray]:
+    """Per patch of a grid: the ordinal of its first detection (module doc; ``_NONE`` when never), its
+    largest score from then on (NaN when never) and whether it is confirmed (changed on ``min_dates``
+    observations in a row)."""
     pg = patch_grid(rows, grid)
     first = np.full(pg.shape, _NONE, np.int32)
     peak = np.full(pg.shape, np.nan, np.float32)
+    confirmed = np.zeros(pg.shape, bool)
     mon = _monitored(rows)
     for (x, y), g in mon.groupby(["x_dim", "y_dim"], sort=False):
         g = g.sort_values("date", kind="stable")
         win = pg.window(int(x), int(y))
-        f, p = first[win], peak[win]
+        f, p, c = first[win], peak[win], confirmed[win]
+        run = np.zeros((pg.side, pg.side), np.int32)  # changed observations in a row, up to now
+        start = np.full((pg.side, pg.side), _NONE, np.int32)  # where the current run began
+        run_peak = np.full((pg.side, pg.side), np.nan, np.float32)
         for _, row in g.iterrows():
             scores = change.patch_scores(row, scale)
             if scores is None:
                 continue
             s = scores.reshape(pg.side, pg.side)
-            new = scale.patch_changed(s) & (f == _NONE)
-            f[new] = _day(row["date"]).toordinal()
-            seen = f != _NONE
+            changed = scale.patch_changed(s)
+            start = np.where(changed & (run == 0), _day(row["date"]).toordinal(), start)
+            run = np.where(changed, run + 1, 0)
             with np.errstate(invalid="ignore"):
-                p[seen] = np.fmax(p[seen], s[seen])
-    return pg, first, peak
+                run_peak = np.where(changed, np.fmax(run_peak, s), np.nan)
+                new = (run >= min_dates) & ~c
+                f[new], p[new], c[new] = start[new], run_peak[new], True
+                later = c & ~new
+                p[later] = np.fmax(p[later], s[later])
+        recent = (run > 0) & ~c  # changed through the last observation, not yet confirmed
+        f[recent], p[recent] = start[recent], run_peak[recent]
+    return pg, first, peak, confirmed
 
 
-def grid_alerts(rows: pd.DataFrame, grid: str, scale: change.ChangeScale) -> gpd.GeoDataFrame:
+def grid_alerts(rows: pd.DataFrame, grid: str, scale: change.ChangeScale, min_dates: int = 2
+                ) -> gpd.GeoDataFrame:
     """The alert polygons of one grid (EPSG:4326; columns ``ALERT_COLUMNS``)."""
-    pg, first, peak = first_detections(rows, grid, scale)
+    pg, first, peak, confirmed = first_detections(rows, grid, scale, min_dates)
     mask = first != _NONE
     labels, n = ndimage.label(mask)  # edge-sharing patches (4-connectivity)
     if n == 0:
@@ -269,6 +285,7 @@ def grid_alerts(rows: pd.DataFrame, grid: str, scale: change.ChangeScale) -> gpd
         recs.append({
             "alert_id": f"{grid}-{k}", "mgrs_grid": grid,
             "first_detected": date.fromordinal(int(first[sel].min())).isoformat(),
+            "confirmed": bool(confirmed[sel].any()),
             "magnitude": float(np.nanmax(peak[sel])), "mean_magnitude": float(np.nanmean(peak[sel])),
             "score_kind": score_kind(scale), "n_patches": int(sel.sum()),
             "area_m2": float(sel.sum() * pg.pixel_area_m2), "chip_id": top,
@@ -295,7 +312,7 @@ def change_alerts(cfg: PipelineConfig, grids: list[str] | None = None) -> gpd.Ge
     frames = []
     for grid in grids:
         rows = read_grid_rows(lay, grid)
-        frames.append(grid_alerts(rows, grid, grid_scale(rows, cfg)))
+        frames.append(grid_alerts(rows, grid, grid_scale(rows, cfg), cfg.alert_min_dates))
     frames = [f for f in frames if len(f)]
     if not frames:
         return empty_alerts()

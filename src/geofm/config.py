@@ -125,6 +125,9 @@ class PipelineConfig(BaseModel):
     # changes fall to ~0.1, seasonal change of unchanged chips stays above ~0.45). Clay similarities
     # sit on another scale (higher, narrower): calibrate them per AOI (docs/formats.md, step 4).
     patch_change_threshold: float = Field(0.5, description="Per-patch similarity below this = changed.")
+    alert_min_dates: int = Field(2, ge=1, description="Alerts: a patch is alerted once it is changed on this "
+                                 "many of its observations in a row (a cloud is not; 1: any single one), "
+                                 "or on every one up to the last (an unconfirmed alert).")
 
     # ---- step 4: consolidate ---------------------------------------------------------------
     change_threshold_high: float = Field(0.30, description="Similarity below this: changed (High).")

@@ -9,7 +9,9 @@ The rule, stated once:
 - Otherwise a small classifier: the positives against the negatives and a background of up to
   ``BACKGROUND_MAX`` chips drawn (seeded) from the chips being scored, unlabelled, as most chips are
   not what is looked for. Embeddings are scaled to unit length, then standardised by the background's
-  mean and spread; class weights are balanced and an explicit negative weighs ``NEGATIVE_WEIGHT``
+  mean and spread (each value's variance shrunk halfway to the mean variance, ``SCALE_SHRINK``: divided
+  by its own spread alone, values that barely vary, noise, weigh as much as those that tell covers
+  apart, and a clean two-cover AOI was ranked as by chance); class weights are balanced and an explicit negative weighs ``NEGATIVE_WEIGHT``
   background chips. Default: a linear SVM (``METHODS``: also logistic regression, whose score is a
   probability, and a centroid difference), chosen by precision@k on synthetic land covers
   (``benchmarks/bench_fewshot.py``, BENCHMARKS.md): a classifier fitted on the examples alone ranks
@@ -46,6 +48,7 @@ DEFAULT_METHOD = "svm"
 COSINE = "cosine"
 BACKGROUND_MAX = 2000  # background chips per fit (a bounded cost whatever the AOI)
 NEGATIVE_WEIGHT = 5.0  # an explicit "not this" counts as this many background chips
+SCALE_SHRINK = 0.5  # each feature's variance is shrunk this far towards the mean variance before scaling
 PATCH_BACKGROUND_CHIPS = 16  # chips whose patches form the patch-level background
 MAX_EXAMPLES = 200  # examples per query (each is a vector DB look-up)
 _EXAMPLE = re.compile(r"^(?:(?P<grid>[0-9A-Za-z]+)/)?(?P<chip>-?\d+_-?\d+)@(?P<date>\d{4}-\d{2}-\d{2})$")
@@ -119,7 +122,7 @@ def _rows(x: np.ndarray | None, dim: int) -> np.ndarray:
 
 
 def fit_scorer(positives: np.ndarray, negatives: np.ndarray | None = None, method: str = DEFAULT_METHOD,
-               background: np.ndarray | None = None) -> Scorer:
+               background: np.ndarray | None = None, scale_shrink: float = SCALE_SHRINK) -> Scorer:
     """Fit the rule of the module doc on example embeddings ``positives`` [P, D], ``negatives`` [N, D]
     and unlabelled ``background`` rows [B, D] (one positive and nothing else: cosine to it)."""
     pos = np.asarray(positives, np.float64)
@@ -134,7 +137,8 @@ def fit_scorer(positives: np.ndarray, negatives: np.ndarray | None = None, metho
     if not len(neg) and not len(bg):
         raise InputError("several positives need negatives or a background of chips to be told apart")
     ref = unit_rows(bg if len(bg) > 1 else np.concatenate([pos, neg, bg]))
-    centre, scale = ref.mean(axis=0), ref.std(axis=0) + 1e-6
+    var = ref.var(axis=0)
+    centre, scale = ref.mean(axis=0), np.sqrt((1 - scale_shrink) * var + scale_shrink * var.mean()) + 1e-6
     z = lambda x: (unit_rows(x) - centre) / scale  # noqa: E731
     others = np.concatenate([z(neg), z(bg)])
     if method == "centroid":

@@ -9,7 +9,10 @@ Routes (all under ``/api``; OpenAPI at ``/docs``):
   GET /aois/{aoi}/grids/{grid}/change-intensity      change-intensity GeoJSON
   GET /aois/{aoi}/grids/{grid}/chips/{chip}          time series, per-patch change maps, change summary
   GET /aois/{aoi}/grids/{grid}/chips/{chip}/thumbnail?date=   PNG
-  GET /aois/{aoi}/grids/{grid}/search?chip_id=&date=&k=&min_score=&start=&end=
+  GET /aois/{aoi}/grids/{grid}/search?chip_id=&date=&k=&min_score=&start=&end=&changed_since=&min_change=
+  POST /aois/{aoi}/grids/{grid}/classify             few-shot search: ranked chips, score layer, heat maps
+  GET /aois/{aoi}/alerts                             change alerts (GeoJSON)
+  GET /aois/{aoi}/alerts/export?format=              change alerts as a file: geojson | gpkg | parquet
   GET /aois/{aoi}/grids/{grid}/tiles/{z}/{x}/{y}.png?date=    true-colour tile
   GET /aois/{aoi}/grids/{grid}/chips/{chip}/indices/{index}.png?date=           index image of a chip
   GET /aois/{aoi}/grids/{grid}/indices/{index}/tiles/{z}/{x}/{y}.png?date=      index tile from the chips
@@ -36,19 +39,21 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
-from geofm import indices
+from geofm import fewshot, indices
 from geofm.errors import BackendError, GeofmError, InputError, NotFoundError, TileError
+from geofm.layout import Layout
 from geofm.server import tiles
 from geofm.server.catalog import Catalog
 from geofm.server.index_maps import IndexMaps
 from geofm.server.renders import DEFAULT_SLOTS, ClientGone, RenderPool
-from geofm.server.search import similar_chips
+from geofm.server.search import classify_chips, similar_chips
 from geofm.server.security import ExplorerGuard, allowed_hosts
 from geofm.server.sources import SourcePolicy
 
@@ -67,6 +72,28 @@ IndexName = Annotated[str, PathParam(pattern=f"^({'|'.join(indices.NAMES)})$",
                                      description=f"spectral index: {', '.join(indices.NAMES)}")]
 TileZ = Annotated[int, PathParam(ge=0, le=MAX_ZOOM)]
 TileXY = Annotated[int, PathParam(ge=0)]
+ChangedSince = Annotated[date | None, Query(description="only chips changed (Medium or more) on or after it")]
+MinChange = Annotated[float | None, Query(description="only chips whose change score reached it after the "
+                                                      "baseline")]
+MAX_EXAMPLES = 50  # positives (and negatives) per few-shot request
+EXAMPLE = r"^\d+_\d+@\d{4}-\d{2}-\d{2}$"
+
+
+class ClassifyRequest(BaseModel):
+    """A few-shot search: chips like the positives and not like the negatives, on one date."""
+
+    positives: list[Annotated[str, Field(pattern=EXAMPLE)]] = Field(
+        min_length=1, max_length=MAX_EXAMPLES, description="CHIP@YYYY-MM-DD, at least one")
+    negatives: list[Annotated[str, Field(pattern=EXAMPLE)]] = Field(
+        default=[], max_length=MAX_EXAMPLES, description="CHIP@YYYY-MM-DD")
+    day: date | None = Field(default=None, alias="date",
+                             description="the date scored (default: the latest positive's)")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="hits returned (the layer has every scored chip)")
+    method: Literal[fewshot.METHODS] = fewshot.DEFAULT_METHOD  # type: ignore[valid-type]
+    min_score: float | None = Field(default=None, description="hits scoring at least this")
+    changed_since: date | None = Field(default=None, description="only chips changed on or after it")
+    min_change: float | None = Field(default=None, description="only chips whose change score reached it")
+    heatmaps: bool = Field(default=False, description="where inside each of the first hits the match sits")
 
 
 @dataclass(frozen=True)
@@ -183,18 +210,60 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
         min_score: Annotated[float, Query(ge=-1.0, le=1.0)] = 0.0,
         start: Annotated[date | None, Query(description="hits from this date (default: query date)")] = None,
         end: Annotated[date | None, Query(description="hits up to this date (default: query date)")] = None,
+        changed_since: ChangedSince = None,
+        min_change: MinChange = None,
     ) -> dict[str, Any]:
         if start and end and start > end:
             raise InputError(f"start {start} is after end {end}")
         series = catalog.series(aoi, grid, chip_id)
         day = day or date.fromisoformat(series["dates"][-1])
         hits = similar_chips(catalog.layout(aoi).lance_db, chip_id, day, k=k, min_score=min_score,
-                             start=start, end=end, grid=grid)
-        base = f"/api/aois/{aoi}/grids/{grid}/chips"
-        for h in hits:
-            h["thumbnail_url"] = f"{base}/{h['chip_id']}/thumbnail?date={h['date']}"
+                             start=start, end=end, grid=grid, changed_since=changed_since,
+                             min_change=min_change)
+        _thumbnail_urls(aoi, grid, hits)
         return {"chip_id": chip_id, "date": day.isoformat(), "k": k, "min_score": min_score,
-                "start": start, "end": end, "results": hits}
+                "start": start, "end": end, "changed_since": changed_since, "min_change": min_change,
+                "results": hits}
+
+    @app.post("/api/aois/{aoi}/grids/{grid}/classify",
+              summary="Few-shot search: chips like the positives, not like the negatives, on one date; "
+                      "ranked hits, a GeoJSON score layer of every scored chip, patch heat maps")
+    async def classify(request: Request, aoi: Aoi, grid: Grid,
+                       body: Annotated[ClassifyRequest, Body()]) -> dict[str, Any]:
+        lay = await run_in_threadpool(catalog.check, aoi, grid)
+        try:  # a classifier fit and patch reads: bounded like a render (503 when busy)
+            out = await pool.run(lambda _: _classify(lay, grid, body), request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)  # type: ignore[return-value]
+        _thumbnail_urls(aoi, grid, out["results"])
+        return out
+
+    @app.get("/api/aois/{aoi}/alerts", summary="Change alerts of an AOI: changed patches dissolved into "
+                                                "polygons with first-detected date and magnitude (GeoJSON)")
+    async def get_alerts(request: Request, aoi: Aoi) -> Response:
+        try:
+            frame = await _alerts(request, aoi)
+        except ClientGone:
+            return Response(status_code=499)
+        return Response(frame.to_json(drop_id=True), media_type="application/geo+json")
+
+    @app.get("/api/aois/{aoi}/alerts/export", summary="Change alerts as a file to download",
+             response_class=Response)
+    async def export_alerts(
+        request: Request, aoi: Aoi,
+        fmt: Annotated[Literal[Layout.ALERT_FORMATS], Query(alias="format")] = "geojson",  # type: ignore[valid-type]
+    ) -> Response:
+        try:
+            frame = await _alerts(request, aoi)
+        except ClientGone:
+            return Response(status_code=499)
+        data = await run_in_threadpool(_alert_file, frame, fmt)
+        return Response(data, media_type=ALERT_MEDIA_TYPES[fmt], headers={
+            "Content-Disposition": f'attachment; filename="{aoi}_change_alerts.{fmt}"'})
+
+    async def _alerts(request: Request, aoi: Aoi) -> Any:
+        await run_in_threadpool(catalog.grids, aoi)  # unknown AOI: 404 at once
+        return await pool.run(lambda _: catalog.alerts(aoi), request.is_disconnected)
 
     @app.get("/api/aois/{aoi}/grids/{grid}/tiles/{z}/{x}/{y}.png", summary="True-colour tile of a scene date",
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -271,6 +340,34 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
                     "The API is at <a href='/docs'>/docs</a>.</p>")
 
     return app
+
+
+ALERT_MEDIA_TYPES = {"geojson": "application/geo+json", "gpkg": "application/geopackage+sqlite3",
+                     "parquet": "application/vnd.apache.parquet"}
+
+
+def _classify(lay: Layout, grid: str, body: ClassifyRequest) -> dict[str, Any]:
+    return classify_chips(lay, grid, body.positives, body.negatives, day=body.day, k=body.k,
+                          method=body.method, min_score=body.min_score, changed_since=body.changed_since,
+                          min_change=body.min_change, heatmaps=body.heatmaps)
+
+
+def _thumbnail_urls(aoi: str, grid: str, hits: list[dict[str, Any]]) -> None:
+    base = f"/api/aois/{aoi}/grids/{grid}/chips"
+    for h in hits:
+        h["thumbnail_url"] = f"{base}/{h['chip_id']}/thumbnail?date={h['date']}"
+
+
+def _alert_file(frame: Any, fmt: str) -> bytes:
+    """The alerts in a file format, as bytes (through a temporary file: :func:`geofm.alerts.write_alerts`)."""
+    import tempfile
+
+    from geofm import alerts
+
+    with tempfile.TemporaryDirectory(prefix="geofm-alerts-") as tmp:
+        path = str(Path(tmp) / f"change_alerts.{fmt}")
+        alerts.write_alerts(frame, path, fmt)
+        return Path(path).read_bytes()
 
 
 def _check_tile(z: int, x: int, y: int) -> None:

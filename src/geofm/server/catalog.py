@@ -60,6 +60,13 @@ class ChipFiles:
     netcdf: str
 
 
+def _version_or_none(url: str) -> str | None:
+    try:
+        return storage.version(url)
+    except FileNotFoundError:
+        return None
+
+
 class VersionedLRU:
     """At most ``size`` values, each stored with the versions of the files it was read from and
     served only while those versions are unchanged; least recently used values go first."""
@@ -292,6 +299,25 @@ class Catalog:
         days = self.chip_dates(aoi, grid)
         out["imagery_dates"] = days.loc[days["chip_id"] == chip_id, "day"].drop_duplicates().tolist()
         return out
+
+    def alerts(self, aoi: str) -> gpd.GeoDataFrame:
+        """The AOI's change alerts (:func:`geofm.alerts.change_alerts`, judged by the thresholds its last
+        step 4 recorded, so they agree with the change-intensity layer), kept while every grid's
+        consolidated output and front-end config are unchanged."""
+        from geofm import alerts
+
+        lay = self.layout(aoi)
+        grids = self.grids(aoi)
+
+        def stamp() -> tuple[Any, ...]:
+            return tuple((storage.version(lay.consolidated_output(g)),
+                          _version_or_none(lay.frontend_config(g))) for g in grids)
+
+        def load() -> gpd.GeoDataFrame:
+            cfg = alerts.recorded_config(self.root, aoi)
+            return alerts.change_alerts(cfg, [g for g in grids if cfg.layout.processed_files(g)] or None)
+
+        return self.tables.get(("alerts", lay.output_dir), stamp, load, f"change alerts of AOI {aoi!r}")
 
     def change_properties(self, aoi: str, grid: str, chip_id: str) -> dict[str, Any] | None:
         try:
