@@ -11,12 +11,12 @@ The rule, stated once:
   not what is looked for. Embeddings are scaled to unit length, then standardised by the background's
   mean and spread (each value's variance shrunk halfway to the mean variance, ``SCALE_SHRINK``: divided
   by its own spread alone, values that barely vary, noise, weigh as much as those that tell covers
-  apart, and a clean two-cover AOI was ranked as by chance); class weights are balanced and an explicit negative weighs ``NEGATIVE_WEIGHT``
-  background chips. Default: a linear SVM (``METHODS``: also logistic regression, whose score is a
-  probability, and a centroid difference), chosen by precision@k on synthetic land covers
-  (``benchmarks/bench_fewshot.py``, BENCHMARKS.md): a classifier fitted on the examples alone ranks
-  chips by how far they lie along the positive-negative direction (dark water above the dark forest
-  it was asked for), the background keeps it near the positives.
+  apart, and a clean two-cover AOI was ranked as by chance); class weights are balanced and an
+  explicit negative weighs ``NEGATIVE_WEIGHT`` background chips. Default: a linear SVM (``METHODS``:
+  also logistic regression, whose score is a probability, and a centroid difference), chosen by
+  precision@k on synthetic land covers (``benchmarks/bench_fewshot.py``, BENCHMARKS.md): a classifier
+  fitted on the examples alone ranks chips by how far they lie along the positive-negative direction
+  (dark water above the dark forest it was asked for), the background keeps it near the positives.
 - Every chip of the date (default: the latest date of the positives) that passes the filters is
   scored; the examples themselves are left out of the ranking.
 - Patch level: the same rule fitted on patch embeddings (every patch of the positive chips against

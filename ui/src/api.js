@@ -32,11 +32,21 @@ export async function getJSON(path, params = {}) {
   for (const [k, v] of Object.entries(params)) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
   }
+  return request(url, {});
+}
+
+/** POST a JSON body, get a JSON document back (errors as getJSON). */
+export async function postJSON(path, body) {
+  const url = new URL(path, window.location.href);
+  return request(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
+async function request(url, init) {
   setLoading(1);
   try {
     let resp;
     try {
-      resp = await fetch(url);
+      resp = await fetch(url, init);
     } catch (err) {
       throw new ApiError(`cannot reach the explorer API (${err.message})`, 0);
     }
@@ -57,7 +67,7 @@ export async function getJSON(path, params = {}) {
 }
 
 export function gridBase(aoi, grid) {
-  return `api/aois/${encodeURIComponent(aoi)}/grids/${encodeURIComponent(grid)}`;
+  return `${aoiBase(aoi)}/grids/${encodeURIComponent(grid)}`;
 }
 
 export const TRUE_COLOUR = "true-colour";
@@ -81,4 +91,13 @@ export function tileTemplate(aoi, grid, layer, date) {
 
 export function legendUrl(index) {
   return `api/indices/${encodeURIComponent(index)}/legend.png`;
+}
+
+export function aoiBase(aoi) {
+  return `api/aois/${encodeURIComponent(aoi)}`;
+}
+
+/** The AOI's change alerts as a file to download (geojson, gpkg or parquet). */
+export function alertsExportUrl(aoi, format) {
+  return `${aoiBase(aoi)}/alerts/export?format=${encodeURIComponent(format)}`;
 }

@@ -85,3 +85,22 @@ export function layerMinzoom(summary, layerId) {
   const layer = imageryLayer(layerId);
   return (layer && layer.index ? summary.index_minzoom : summary.imagery_minzoom) || 0;
 }
+
+/** One square cell per patch over a chip's lon/lat `bounds` ([minx, miny, maxx, maxy]), `g` x `g` patches,
+ * row-major from the north-west; `values[k]` goes into property `prop` (null values make no cell). */
+export function patchCells(bounds, g, values, prop) {
+  const [minx, miny, maxx, maxy] = bounds;
+  const dx = (maxx - minx) / g;
+  const dy = (maxy - miny) / g;
+  const features = [];
+  values.forEach((v, k) => {
+    if (v == null) return;
+    const x0 = minx + (k % g) * dx;
+    const y1 = maxy - Math.floor(k / g) * dy;
+    features.push({
+      type: "Feature", properties: { [prop]: v, patch: k },
+      geometry: { type: "Polygon", coordinates: [[[x0, y1], [x0 + dx, y1], [x0 + dx, y1 - dy], [x0, y1 - dy], [x0, y1]]] },
+    });
+  });
+  return features;
+}

@@ -1,9 +1,10 @@
 // geofm explorer: a MapLibre map of the chip grid over imagery (true colour or a spectral index), with
-// panels for similarity search, change detection and a before/after split map. The view state lives in
-// state.js and in the URL (shareable; restored on reload and on back/forward).
+// panels for similarity search, few-shot search, change detection (and alerts) and a before/after split
+// map. The view state lives in state.js and in the URL (shareable; restored on reload and back/forward).
 //
 // Modules: api.js (HTTP and URLs), state.js (view state <-> URL), layers.js (sources and layers as data),
-// map.js (MapLibre), panels/registry.js (the panels; similarity.js, change.js, compare.js), chart.js.
+// map.js (MapLibre), panels/registry.js (the panels; similarity.js, fewshot.js, change.js, compare.js),
+// chart.js.
 import "./style.css";
 import { ApiError, TRUE_COLOUR, getJSON, gridBase, legendUrl, onLoadingChange } from "./api.js";
 import { $, fillSelect, nearestDate } from "./dom.js";
@@ -14,6 +15,7 @@ import {
 } from "./map.js";
 import { allPanels, panelFor } from "./panels/registry.js";
 import "./panels/similarity.js";
+import "./panels/fewshot.js";
 import "./panels/change.js";
 import "./panels/compare.js";
 import { commit, commitView, parseQuery, state, whileRestoring } from "./state.js";

@@ -1,14 +1,26 @@
-// Change detection: the change-intensity layer, the selected chip's similarity-over-time chart (trend,
-// outliers), its per-patch change map on a clicked date, and its before/after images in the imagery layer
-// (true colour or a spectral index). URL state: chip, date (the clicked date), before, after, layer.
-import { chipImageUrl } from "../api.js";
+// Change detection: the change-intensity layer, the AOI's change alerts (polygons with their first date,
+// to download as GeoJSON, GeoPackage or GeoParquet), the selected chip's similarity-over-time chart
+// (trend, outliers), its per-patch change map on a clicked date, and its before/after images in the
+// imagery layer (true colour or a spectral index). URL state: chip, date (the clicked date), before,
+// after, layer.
+import { aoiBase, alertsExportUrl, chipImageUrl, getJSON } from "../api.js";
 import { drawChart } from "../chart.js";
 import { fillSelect } from "../dom.js";
-import { EMPTY_FC, INTENSITY_COLOURS, layerDates } from "../layers.js";
+import { EMPTY_FC, INTENSITY_COLOURS, layerDates, patchCells, registerOverlay } from "../layers.js";
 import { DAY_MS } from "../stats.js";
 import { registerPanel } from "./registry.js";
 
 const FIELD_LABELS = { cosine_sim: "cosine similarity to baseline" };
+const alertsShown = (s, ctx) => s.mode === "change" && ctx.checked("toggle-alerts");
+registerOverlay({
+  id: "alerts-fill", source: "alerts", type: "fill", maps: ["main"], visible: alertsShown,
+  paint: { "fill-color": ["case", ["get", "confirmed"], "#b000d8", "#e58cff"], "fill-opacity": 0.35 },
+}, { below: "grid-fill" });
+registerOverlay({
+  id: "alerts-line", source: "alerts", type: "line", maps: ["main"], visible: alertsShown,
+  paint: { "line-color": "#b000d8", "line-width": 2 },
+}, { below: "grid-fill" });
+let alertsOf = null; // the AOI whose alerts the map holds
 let pickedDate = null; // the chart's selected date
 
 // Legend swatches in the layer's colours (set through the DOM: the page's CSP allows no inline styles).
@@ -77,20 +89,7 @@ function showPatchMap(ctx, index) {
     box.dataset.patchMap = "";
     return;
   }
-  const g = s.patch_grid;
-  const [minx, miny, maxx, maxy] = s.bounds;
-  const dx = (maxx - minx) / g;
-  const dy = (maxy - miny) / g;
-  const features = [];
-  values.forEach((v, k) => {
-    if (v == null) return;
-    const x0 = minx + (k % g) * dx;
-    const y1 = maxy - Math.floor(k / g) * dy;
-    features.push({
-      type: "Feature", properties: { sim: v, patch: k },
-      geometry: { type: "Polygon", coordinates: [[[x0, y1], [x0 + dx, y1], [x0 + dx, y1 - dy], [x0, y1 - dy], [x0, y1]]] },
-    });
-  });
+  const features = patchCells(s.bounds, s.patch_grid, values, "sim");
   ctx.setOverlayData("patch-map", { type: "FeatureCollection", features });
   box.dataset.patchMap = `${s.chip_id}@${s.dates[index]}`;
   ctx.refreshOverlays();
@@ -116,12 +115,30 @@ function showBeforeAfter(ctx) {
   }
 }
 
+async function showAlerts(ctx) {
+  const { $, state } = ctx;
+  const link = $("alerts-download");
+  link.href = alertsExportUrl(state.aoi, $("alerts-format").value);
+  link.download = `${state.aoi}_change_alerts.${$("alerts-format").value}`;
+  if ($("toggle-alerts").checked && alertsOf !== state.aoi) {
+    const fc = await getJSON(`${aoiBase(state.aoi)}/alerts`);
+    alertsOf = state.aoi;
+    ctx.setOverlayData("alerts", fc);
+    const confirmed = fc.features.filter((f) => f.properties.confirmed).length;
+    $("alerts-count").textContent = `${fc.features.length} alerts (${confirmed} confirmed)`;
+    $("alerts-count").dataset.count = String(fc.features.length);
+  }
+  ctx.refreshOverlays();
+}
+
 registerPanel({
   mode: "change", label: "Change detection", section: "change-panel", order: 20,
   init(ctx) {
     const { $, state } = ctx;
     paintLegend();
     $("toggle-change").addEventListener("change", ctx.refreshOverlays);
+    $("toggle-alerts").addEventListener("change", () => ctx.guarded(() => showAlerts(ctx)));
+    $("alerts-format").addEventListener("change", () => ctx.guarded(() => showAlerts(ctx)));
     $("toggle-patch-map").addEventListener("change", ctx.refreshOverlays);
     for (const id of ["series-field", "toggle-trend", "toggle-outliers"]) $(id).addEventListener("change", () => renderChart(ctx));
     for (const side of ["before", "after"]) {
@@ -139,12 +156,16 @@ registerPanel({
   },
   grid(ctx) {
     const { $ } = ctx;
+    alertsOf = null;
+    ctx.setOverlayData("alerts", EMPTY_FC);
+    $("alerts-count").textContent = "";
     $("change-chip").hidden = true; $("change-hint").hidden = false;
     ctx.setOverlayData("patch-map", EMPTY_FC);
     $("map").dataset.patchMap = "";
   },
-  enter(ctx) {
+  async enter(ctx) {
     if (ctx.state.chip && ctx.app.series) showChange(ctx);
+    await showAlerts(ctx);
   },
   chip(ctx) {
     showChange(ctx);
