@@ -11,6 +11,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pyproj import Transformer
+from rasterio.io import MemoryFile
 from shapely.geometry import Point, shape
 
 from geofm.server import ExplorerOptions, create_app
@@ -153,3 +155,21 @@ def test_alerts_bad_requests(client, explorer_output):
     assert client.get(f"/api/aois/{explorer_output.aoi}/alerts/export", params={"format": "shp"}).status_code == 422
     assert client.get("/api/aois/nowhere/alerts").status_code == 404
     assert client.get("/api/aois/..%2F..%2Fx/alerts").status_code in (404, 422)
+
+
+def test_change_raster_download(client, explorer_output):
+    """The clearing's chip is changed on its first date in the downloaded COG; the other chips are not."""
+    out = explorer_output
+    r = client.get(f"{_base(out)}/change-raster.tif", params={"date": out.change_date})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-disposition"] == \
+        f'attachment; filename="{out.aoi}_{out.grid}_change_raster_{out.change_date}.tif"'
+    with MemoryFile(r.content) as mem, mem.open() as ds:
+        assert ds.tags()["date"] == out.change_date and ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        values = ds.read(1)
+        threshold = float(ds.tags()["patch_threshold"])
+        x, y = out.chip_centres[out.change_chip]
+        row, col = ds.index(*Transformer.from_crs(4326, ds.crs, always_xy=True).transform(x, y))
+    assert values[row, col] > threshold
+    assert client.get(f"{_base(out)}/change-raster.tif", params={"date": "1999-01-01"}).status_code == 404
+    assert client.get(f"{_base(out)}/change-raster.tif").status_code == 422

@@ -5,7 +5,8 @@ chips "like this" and a forest chip "not like this": every hit is water, the sco
 map ranks every water chip above every forest chip, the examples are in the URL and come back on
 reload, and the exported GeoJSON holds the scored chips. On the pipeline AOI (synthetic scenes with a
 planted clearing) the patch heat map is drawn over the hits, and the change alerts show a confirmed
-polygon at the clearing, first seen on its first date, and download as a GeoPackage.
+polygon at the clearing, first seen on its first date, and download as a GeoPackage, and the change
+raster of a date downloads as a GeoTIFF.
 Screenshots go to ``test-artifacts/``.
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import geopandas as gpd
 import pytest
+import rasterio
 
 from fixtures.explorer_browser import click_lonlat, idle, open_explorer, screen_xy, shot, uvicorn_explorer
 from geofm.server import ExplorerOptions
@@ -134,4 +136,12 @@ def test_change_alerts_on_the_map_and_download(page, url, explorer_output, tmp_p
     assert path.name == f"{out.aoi}_change_alerts.gpkg"
     frame = gpd.read_file(path)
     assert len(frame) == int(page.get_attribute("[data-testid=alerts-count]", "data-count"))
+    # the per-patch change raster of the clearing's first date
+    page.select_option("[data-testid=raster-date]", out.change_date)
+    with page.expect_download() as got:
+        page.click("[data-testid=raster-download]")
+    path = tmp_path / got.value.suggested_filename
+    got.value.save_as(path)
+    with rasterio.open(path) as ds:
+        assert ds.tags()["date"] == out.change_date and ds.count == 1 and ds.dtypes[0] == "float32"
     assert page.locator("[data-testid=error]").is_hidden() and page.errors == []

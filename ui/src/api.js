@@ -101,3 +101,8 @@ export function aoiBase(aoi) {
 export function alertsExportUrl(aoi, format) {
   return `${aoiBase(aoi)}/alerts/export?format=${encodeURIComponent(format)}`;
 }
+
+/** A grid's per-patch change raster of an analysed date (COG) to download. */
+export function changeRasterUrl(aoi, grid, date) {
+  return `${gridBase(aoi, grid)}/change-raster.tif?date=${encodeURIComponent(date)}`;
+}

@@ -13,6 +13,7 @@ Routes (all under ``/api``; OpenAPI at ``/docs``):
   POST /aois/{aoi}/grids/{grid}/classify             few-shot search: ranked chips, score layer, heat maps
   GET /aois/{aoi}/alerts                             change alerts (GeoJSON)
   GET /aois/{aoi}/alerts/export?format=              change alerts as a file: geojson | gpkg | parquet
+  GET /aois/{aoi}/grids/{grid}/change-raster.tif?date=   per-patch change scores of a date (COG)
   GET /aois/{aoi}/grids/{grid}/tiles/{z}/{x}/{y}.png?date=    true-colour tile
   GET /aois/{aoi}/grids/{grid}/chips/{chip}/indices/{index}.png?date=           index image of a chip
   GET /aois/{aoi}/grids/{grid}/indices/{index}/tiles/{z}/{x}/{y}.png?date=      index tile from the chips
@@ -261,6 +262,20 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
         return Response(data, media_type=ALERT_MEDIA_TYPES[fmt], headers={
             "Content-Disposition": f'attachment; filename="{aoi}_change_alerts.{fmt}"'})
 
+    @app.get("/api/aois/{aoi}/grids/{grid}/change-raster.tif",
+             summary="A grid's per-patch change scores on an analysed date as a float32 COG, to download",
+             response_class=Response, responses={200: {"content": {"image/tiff": {}}}})
+    async def change_raster(request: Request, aoi: Aoi, grid: Grid,
+                            day: Annotated[date, Query(alias="date")]) -> Response:
+        await run_in_threadpool(catalog.check, aoi, grid)
+        try:
+            data = await pool.run(lambda _: _change_raster(catalog.root, aoi, grid, day),
+                                  request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)
+        return Response(data, media_type="image/tiff; application=geotiff; profile=cloud-optimized", headers={
+            "Content-Disposition": f'attachment; filename="{aoi}_{grid}_change_raster_{day}.tif"'})
+
     async def _alerts(request: Request, aoi: Aoi) -> Any:
         await run_in_threadpool(catalog.grids, aoi)  # unknown AOI: 404 at once
         return await pool.run(lambda _: catalog.alerts(aoi), request.is_disconnected)
@@ -367,6 +382,19 @@ def _alert_file(frame: Any, fmt: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="geofm-alerts-") as tmp:
         path = str(Path(tmp) / f"change_alerts.{fmt}")
         alerts.write_alerts(frame, path, fmt)
+        return Path(path).read_bytes()
+
+
+def _change_raster(root: str, aoi: str, grid: str, day: date) -> bytes:
+    """The change raster of one grid and date (:func:`geofm.alerts.export_change_raster`, with the
+    thresholds the AOI's step 4 recorded), as bytes."""
+    import tempfile
+
+    from geofm import alerts
+
+    with tempfile.TemporaryDirectory(prefix="geofm-raster-") as tmp:
+        path = str(Path(tmp) / "change_raster.tif")
+        alerts.export_change_raster(alerts.recorded_config(root, aoi), day, [grid], dest=path)
         return Path(path).read_bytes()
 
 

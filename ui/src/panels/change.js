@@ -1,9 +1,9 @@
 // Change detection: the change-intensity layer, the AOI's change alerts (polygons with their first date,
-// to download as GeoJSON, GeoPackage or GeoParquet), the selected chip's similarity-over-time chart
+// to download as GeoJSON, GeoPackage or GeoParquet), a date's per-patch change raster (COG), the selected chip's similarity-over-time chart
 // (trend, outliers), its per-patch change map on a clicked date, and its before/after images in the
 // imagery layer (true colour or a spectral index). URL state: chip, date (the clicked date), before,
 // after, layer.
-import { aoiBase, alertsExportUrl, chipImageUrl, getJSON } from "../api.js";
+import { aoiBase, alertsExportUrl, changeRasterUrl, chipImageUrl, getJSON } from "../api.js";
 import { drawChart } from "../chart.js";
 import { fillSelect } from "../dom.js";
 import { EMPTY_FC, INTENSITY_COLOURS, layerDates, patchCells, registerOverlay } from "../layers.js";
@@ -115,6 +115,13 @@ function showBeforeAfter(ctx) {
   }
 }
 
+function rasterLink(ctx) {
+  const { $, state } = ctx;
+  const day = $("raster-date").value;
+  $("raster-download").href = changeRasterUrl(state.aoi, state.grid, day);
+  $("raster-download").download = `${state.aoi}_${state.grid}_change_raster_${day}.tif`;
+}
+
 async function showAlerts(ctx) {
   const { $, state } = ctx;
   const link = $("alerts-download");
@@ -139,6 +146,7 @@ registerPanel({
     $("toggle-change").addEventListener("change", ctx.refreshOverlays);
     $("toggle-alerts").addEventListener("change", () => ctx.guarded(() => showAlerts(ctx)));
     $("alerts-format").addEventListener("change", () => ctx.guarded(() => showAlerts(ctx)));
+    $("raster-date").addEventListener("change", () => rasterLink(ctx));
     $("toggle-patch-map").addEventListener("change", ctx.refreshOverlays);
     for (const id of ["series-field", "toggle-trend", "toggle-outliers"]) $(id).addEventListener("change", () => renderChart(ctx));
     for (const side of ["before", "after"]) {
@@ -155,7 +163,10 @@ registerPanel({
     }));
   },
   grid(ctx) {
-    const { $ } = ctx;
+    const { $, app } = ctx;
+    const dates = app.summary.dates;
+    fillSelect($("raster-date"), dates, dates[dates.length - 1]);
+    rasterLink(ctx);
     alertsOf = null;
     ctx.setOverlayData("alerts", EMPTY_FC);
     $("alerts-count").textContent = "";
