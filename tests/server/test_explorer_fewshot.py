@@ -10,23 +10,9 @@ import io
 import geopandas as gpd
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from pyproj import Transformer
 from rasterio.io import MemoryFile
 from shapely.geometry import Point, shape
-
-from geofm.server import ExplorerOptions, create_app
-
-
-@pytest.fixture(scope="module")
-def client(explorer_output) -> TestClient:
-    opts = ExplorerOptions(archives=(explorer_output.archive,))
-    return TestClient(create_app(str(explorer_output.root), opts), base_url="http://localhost")
-
-
-@pytest.fixture(scope="module")
-def hand(explorer_output):
-    return explorer_output.hand
 
 
 def _base(out) -> str:

@@ -13,21 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from geofm.server import ExplorerOptions, create_app
+from geofm.server import create_app
 
 TMS = morecantile.tms.get("WebMercatorQuad")
-
-
-@pytest.fixture(scope="module")
-def client(explorer_output) -> TestClient:
-    opts = ExplorerOptions(archives=(explorer_output.archive,))
-    return TestClient(create_app(str(explorer_output.root), opts), base_url="http://localhost")
-
-
-@pytest.fixture(scope="module")
-def hand(explorer_output):
-    """The hand-made AOI in the same output root."""
-    return explorer_output.hand
 
 
 @pytest.fixture(scope="module")

@@ -18,3 +18,20 @@ export function nearestDate(dates, date) {
   const t = toTime(date);
   return dates.reduce((best, d) => (Math.abs(toTime(d) - t) < Math.abs(toTime(best) - t) ? d : best), dates[0]);
 }
+
+/** A search hit as a clickable thumbnail with a caption (`data-testid` `testid`, data-chip-id, data-score). */
+export function resultFigure(hit, caption, testid, onClick) {
+  const item = document.createElement("figure");
+  item.className = "result";
+  item.setAttribute("data-testid", testid);
+  item.dataset.chipId = hit.chip_id;
+  item.dataset.score = hit.score;
+  const img = document.createElement("img");
+  img.src = hit.thumbnail_url.replace(/^\//, "");
+  img.alt = `chip ${hit.chip_id} on ${hit.date}`;
+  const cap = document.createElement("figcaption");
+  cap.textContent = caption;
+  item.append(img, cap);
+  item.addEventListener("click", onClick);
+  return item;
+}

@@ -5,7 +5,7 @@
 // and, on request, a heat map of where inside each of the first hits the match sits. The score layer
 // exports as GeoJSON. URL state: pos, neg (CHIP@DATE), qdate, k, chip.
 import { gridBase, postJSON } from "../api.js";
-import { fillSelect } from "../dom.js";
+import { fillSelect, resultFigure } from "../dom.js";
 import { EMPTY_FC, patchCells, registerOverlay } from "../layers.js";
 import { formatChipAt } from "../state.js";
 import { registerPanel } from "./registry.js";
@@ -118,21 +118,8 @@ async function classify(ctx) {
 function showResults(ctx, resp) {
   const { $ } = ctx;
   const box = $("fewshot-results");
-  box.replaceChildren(...resp.results.map((hit) => {
-    const item = document.createElement("figure");
-    item.className = "result";
-    item.setAttribute("data-testid", "fewshot-result");
-    item.dataset.chipId = hit.chip_id;
-    item.dataset.score = hit.score;
-    const img = document.createElement("img");
-    img.src = hit.thumbnail_url.replace(/^\//, "");
-    img.alt = `chip ${hit.chip_id} on ${hit.date}`;
-    const cap = document.createElement("figcaption");
-    cap.textContent = `#${hit.rank} ${hit.chip_id} · ${hit.score.toFixed(3)}`;
-    item.append(img, cap);
-    item.addEventListener("click", () => ctx.fitBounds([hit.minx, hit.miny, hit.maxx, hit.maxy], { padding: 120, maxZoom: 15 }));
-    return item;
-  }));
+  box.replaceChildren(...resp.results.map((hit) => resultFigure(hit, `#${hit.rank} ${hit.chip_id} · ${hit.score.toFixed(3)}`,
+    "fewshot-result", () => ctx.fitBounds([hit.minx, hit.miny, hit.maxx, hit.maxy], { padding: 120, maxZoom: 15 }))));
   const how = resp.method === "cosine" ? "cosine similarity to the one positive" : `${resp.method.toUpperCase()} on the examples and a background of the date's chips`;
   $("fewshot-summary").textContent = `${resp.scored} chips scored on ${resp.date} (${how})${resp.heatmap_note ? `; no heat maps: ${resp.heatmap_note}` : ""}`;
   box.dataset.count = String(resp.results.length);

@@ -2,7 +2,7 @@
 // and outlines on the map. URL state: chip, qdate, k.
 import { getJSON, gridBase, thumbnailUrl } from "../api.js";
 import { EMPTY_FC } from "../layers.js";
-import { fillSelect } from "../dom.js";
+import { fillSelect, resultFigure } from "../dom.js";
 import { registerPanel } from "./registry.js";
 
 function showSelected(ctx) {
@@ -31,21 +31,8 @@ async function runSearch(ctx) {
     start: $("range-start").value, end: $("range-end").value,
   };
   const resp = await getJSON(`${gridBase(state.aoi, state.grid)}/search`, params);
-  results.replaceChildren(...resp.results.map((hit) => {
-    const item = document.createElement("figure");
-    item.className = "result";
-    item.setAttribute("data-testid", "result-item");
-    item.dataset.chipId = hit.chip_id;
-    item.dataset.score = hit.score;
-    const img = document.createElement("img");
-    img.src = hit.thumbnail_url.replace(/^\//, "");
-    img.alt = `chip ${hit.chip_id} on ${hit.date}`;
-    const cap = document.createElement("figcaption");
-    cap.textContent = `${hit.chip_id} · ${hit.date} · ${hit.score.toFixed(3)}`;
-    item.append(img, cap);
-    item.addEventListener("click", () => ctx.fitBounds([hit.minx, hit.miny, hit.maxx, hit.maxy], { padding: 120, maxZoom: 15 }));
-    return item;
-  }));
+  results.replaceChildren(...resp.results.map((hit) => resultFigure(hit, `${hit.chip_id} · ${hit.date} · ${hit.score.toFixed(3)}`,
+    "result-item", () => ctx.fitBounds([hit.minx, hit.miny, hit.maxx, hit.maxy], { padding: 120, maxZoom: 15 }))));
   if (resp.results.length === 0) {
     const p = document.createElement("p");
     p.className = "hint";
