@@ -470,10 +470,12 @@ def export_alerts(
                                              "output/<aoi>/exports/change_alerts.<format>).")] = None,
     grid: ExportGridOpt = None,
 ) -> None:
-    """Changed patches dissolved into polygons: first-detected date, magnitude, chip id, baseline rule.
+    """Changed patches dissolved into polygons: first-detected date, confirmed, magnitude, chip id, rule.
 
-    The rule is the one the run recorded; the thresholds are the config's (--set patch_z_threshold=...,
-    patch_change_threshold=...), so alerts can be re-thresholded without rerunning."""
+    A patch is alerted once changed on alert_min_dates (2) observations in a row, or on every one up to
+    its last (unconfirmed). The rule is the one the run recorded; the thresholds are the config's (--set
+    patch_z_threshold=..., patch_change_threshold=..., alert_min_dates=...), so alerts can be
+    re-thresholded without rerunning."""
     from geofm.alerts import export_alerts as run_export
 
     cfg = build_config(config, None, aoi_name, out, None, None, set_)
