@@ -1,0 +1,154 @@
+"""The stamped chip writer (geofm.netcdf: chips stamped from a checked template of their structure) gives
+files that read back exactly as HDF5's own file of the same chip (``arrays_bytes(..., stamp=False)``),
+through h5py, xarray (h5netcdf and netCDF4 engines) and ncdump, for chips of several UTM zones, dates,
+sizes and chip ids, with nodata; and a structure whose template cannot be checked is written by HDF5."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from affine import Affine
+
+from geofm import hdf5_layout, netcdf, sentinel2
+from geofm.chips import ChipGrid
+from geofm.steps import preprocess
+
+ALL_BANDS = [b.name for b in sentinel2.BANDS]
+
+# (crs, UTM origin, chip size, chip (x, y), date): zones north and south, chip ids of 3 to 5 characters
+CASES = [
+    ("EPSG:32633", (499980, 5100000), 64, (2, 1), "2023-07-14T09:50:31.024Z"),
+    ("EPSG:32633", (499980, 5100000), 64, (3, 0), "2023-07-14T09:50:31.024Z"),
+    ("EPSG:32633", (499980, 5100000), 64, (12, 7), "2023-07-19T09:50:29Z"),
+    ("EPSG:32617", (300000, 4000020), 64, (11, 13), "2021-01-02T16:04:00Z"),
+    ("EPSG:32755", (600000, 6100000), 32, (5, 40), "2024-12-31T23:59:59.5Z"),
+    ("EPSG:32755", (600000, 6100000), 100, (0, 0), "2024-12-31T23:59:59.5Z"),
+]
+
+
+def chip_files(crs: str, origin: tuple[int, int], size: int, xy: tuple[int, int], when: str, seed: int
+               ) -> tuple[bytes, bytes]:
+    """The chip NetCDF stamped and written by HDF5, from the same arrays (nodata in places)."""
+    rng = np.random.default_rng(seed)
+    grid = ChipGrid(Affine(10, 0, origin[0], 0, -10, origin[1]), 64 * size, 64 * size, crs, size)
+    chip = grid.chip(*xy)
+    data = {b: rng.integers(0, 12000, (size, size)).astype(np.float32) for b in ALL_BANDS}
+    data["red"][: size // 3] = np.nan  # a nodata edge
+    data["nir09"] = data["nir09"] + np.float32(0.25)  # interpolated bands are not whole DN
+    data["swir22"][rng.random((size, size)) < 0.1] = np.nan
+    data["scl"] = rng.integers(0, 12, (size, size)).astype(np.uint8)
+    data["scl"][: size // 3] = 0
+    ts = pd.Timestamp(when)
+    lon, lat = grid.centroid_wgs84(chip)
+    attrs: dict[str, Any] = {
+        "scene_id": f"S2B_{crs[-2:]}XYZ_{ts:%Y%m%d}_0_L2A", "chip_id": chip.chip_id, "x_dim": xy[0],
+        "y_dim": xy[1], "chip_size": size, "gsd": 10.0, "crs": crs, "bands": ALL_BANDS,
+        "wavelengths": [sentinel2.band(b).wavelength for b in ALL_BANDS], "datetime": ts.isoformat(),
+        "centroid_lat": lat, "centroid_lon": lon, "boa_offset_subtracted": 1000 * (seed % 2),
+    }
+    stamped = preprocess.chip_netcdf(data, ALL_BANDS, grid, chip, attrs, ts)
+    real = netcdf.arrays_bytes
+    try:
+        netcdf.arrays_bytes = lambda *a, **k: real(*a, **{**k, "stamp": False})  # HDF5 writes it all
+        written = preprocess.chip_netcdf(data, ALL_BANDS, grid, chip, attrs, ts)
+    finally:
+        netcdf.arrays_bytes = real
+    return stamped, written
+
+
+def h5_content(data: bytes) -> list[Any]:
+    """Every object's attributes and every dataset's type, storage and values, as h5py reads them."""
+    def norm(f: h5py.File, v: Any) -> Any:
+        if isinstance(v, h5py.Reference):
+            return f[v].name
+        if isinstance(v, np.ndarray) and v.dtype.kind in "OV":
+            return [norm(f, x) for x in v.ravel().tolist()]
+        if isinstance(v, tuple):
+            return [norm(f, x) for x in v]
+        if isinstance(v, np.ndarray):
+            return (v.dtype.str, v.shape, v.tobytes())
+        return (type(v).__name__, v)
+
+    with h5py.File(io.BytesIO(data), "r") as f:
+        out: list[Any] = [[(k, norm(f, v)) for k, v in f.attrs.items()]]
+        for name, ds in f.items():
+            out.append((name, ds.dtype.str, ds.shape, ds.chunks, ds.compression, ds.shuffle,
+                        np.asarray(ds.fillvalue).tobytes(), ds[()].tobytes(),
+                        [(k, norm(f, v)) for k, v in ds.attrs.items()]))
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_stamped_chip_reads_back_as_the_hdf5_written_one(case: int, tmp_path: Path) -> None:
+    chip_files(*CASES[case], seed=case + 101)  # the template, if made here, is made from other values
+    stamped, written = chip_files(*CASES[case], seed=case)
+    assert stamped != written  # really stamped: HDF5 interleaves chunks and metadata, a stamp appends chunks
+    assert h5_content(stamped) == h5_content(written)
+    paths = {}
+    for name, blob in (("stamped", stamped), ("written", written)):
+        paths[name] = tmp_path / f"{name}.nc"
+        paths[name].write_bytes(blob)
+    for engine in ("h5netcdf", "netcdf4"):
+        with xr.open_dataset(paths["stamped"], engine=engine) as a, \
+                xr.open_dataset(paths["written"], engine=engine) as b:
+            assert a.identical(b)
+            for v in a.variables:  # NaN-aware, bit for bit
+                np.testing.assert_array_equal(a[v].values, b[v].values)
+                assert a[v].encoding.get("_FillValue") is b[v].encoding.get("_FillValue") or np.array_equal(
+                    a[v].encoding.get("_FillValue"), b[v].encoding.get("_FillValue"), equal_nan=True)
+            assert a.attrs["chip_id"] == "{}_{}".format(*CASES[case][3])
+            assert int(np.isnan(a["red"].values).sum()) == (a.sizes["y"] // 3) * a.sizes["x"]
+    if shutil.which("ncdump"):
+        dumps = [subprocess.run(["ncdump", str(p)], capture_output=True, text=True, check=True).stdout
+                 for p in paths.values()]
+        assert dumps[0].split("\n", 1)[1] == dumps[1].split("\n", 1)[1]  # all but the name line
+    bands = ["red", "nir09", "swir22"]
+    np.testing.assert_array_equal(netcdf.read_bands(stamped, bands, "s.nc"),
+                                  netcdf.read_bands(written, bands, "w.nc"))
+
+
+def test_chips_stamped_one_after_another_each_carry_their_own_values() -> None:
+    """A template is reused: each chip stamped from it has its own pixels, coordinates and attributes."""
+    blobs = [chip_files(*CASES[0][:3], xy, CASES[0][4], seed=s)
+             for s, xy in enumerate([(2, 1), (4, 1), (2, 5), (9, 9)])]
+    contents = [h5_content(stamped) for stamped, _ in blobs]
+    for (_, written), content in zip(blobs, contents, strict=True):
+        assert content == h5_content(written)
+    assert all(a != b for a, b in zip(contents, contents[1:], strict=False))  # the test can fail
+
+
+def test_a_structure_whose_template_fails_its_check_is_written_by_hdf5(monkeypatch: pytest.MonkeyPatch
+                                                                         ) -> None:
+    """The template's layout cannot be read (here: refused on purpose): the chip is HDF5's own file."""
+    monkeypatch.setattr(netcdf, "_TEMPLATES", {})
+
+    def refuse(*_: Any) -> Any:
+        raise ValueError("refused by the test")
+
+    monkeypatch.setattr(hdf5_layout, "object_attributes", refuse)
+    stamped, written = chip_files(*CASES[3], seed=7)
+    assert stamped == written
+    assert list(netcdf._TEMPLATES.values()) == [None]
+
+
+def test_metadata_checksum_is_lookup3() -> None:
+    """HDF5's metadata checksum: Jenkins' lookup3 hashlittle (its own test vectors), and the checksums
+    HDF5 wrote in a chip's object headers."""
+    assert hdf5_layout.checksum(b"") == 0xDEADBEEF
+    assert hdf5_layout.checksum(b"Four score and seven years ago") == 0x17770551
+    stamped, _ = chip_files(*CASES[0], seed=1)
+    with h5py.File(io.BytesIO(stamped), "r") as f:
+        addresses = [h5py.h5o.get_info(f.id).addr] + [h5py.h5o.get_info(f[n].id).addr for n in f]
+    for address in addresses:  # raises on any checksum mismatch
+        hdf5_layout.object_attributes(stamped, address)
+    sb = hdf5_layout.superblock(stamped)
+    assert int.from_bytes(stamped[sb.eof_at:sb.eof_at + 8], "little") == len(stamped)
