@@ -152,3 +152,50 @@ def test_metadata_checksum_is_lookup3() -> None:
         hdf5_layout.object_attributes(stamped, address)
     sb = hdf5_layout.superblock(stamped)
     assert int.from_bytes(stamped[sb.eof_at:sb.eof_at + 8], "little") == len(stamped)
+
+
+def xarray_bands(data: bytes, names: list[str]) -> np.ndarray:
+    with xr.open_dataset(io.BytesIO(data), engine="h5netcdf") as ds:
+        return np.stack([ds[n].values.astype(np.float32) for n in names])
+
+
+def test_chips_of_a_known_layout_are_read_without_hdf5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first stamped chip of a structure is read through h5py and teaches its layout; the next ones
+    (other pixels, coordinates, attribute values) are read from it alone, the same values as xarray's."""
+    monkeypatch.setattr(netcdf, "_KNOWN_LAYOUTS", [])
+    bands = ["blue", "red", "nir09", "swir22"]  # (scl has a fill value, 0: read through xarray)
+    first = chip_files(*CASES[4], seed=11)[0]
+    np.testing.assert_array_equal(netcdf.read_bands(first, bands, "a.nc"), xarray_bands(first, bands))
+    assert len(netcdf._KNOWN_LAYOUTS) == 1
+    others = [chip_files(*CASES[4][:3], xy, CASES[4][4], seed=s)[0] for s, xy in ((12, (6, 40)), (13, (7, 41)))]
+    expected = [xarray_bands(o, bands) for o in others]
+
+    def no_hdf5(*_: Any, **__: Any) -> Any:
+        raise AssertionError("read through h5py")
+
+    with monkeypatch.context() as m:
+        m.setattr(netcdf.h5py, "File", no_hdf5)
+        got = [netcdf.read_bands(o, bands, "b.nc") for o in others]
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)  # NaN where nodata
+        assert np.isnan(g[1]).any() and not np.isnan(g[0]).any()
+    assert not np.array_equal(got[0], got[1], equal_nan=True)
+
+
+def test_a_file_differing_beyond_values_is_not_read_by_the_known_layout(monkeypatch: pytest.MonkeyPatch
+                                                                      ) -> None:
+    """Another fill value (same layout, other bytes in the header) is decoded as CF says (xarray: the
+    fill value becomes NaN); a cut-off chip raises instead of reading past its end."""
+    monkeypatch.setattr(netcdf, "_KNOWN_LAYOUTS", [])
+    first = chip_files(*CASES[0], seed=21)[0]
+    netcdf.read_bands(first, ["red"], "a.nc")
+    assert len(netcdf._KNOWN_LAYOUTS) == 1
+    rng = np.random.default_rng(5)
+    red = rng.integers(0, 3, (64, 64)).astype(np.float32)  # zeros: the fill value below
+    variables = {"red": netcdf.Variable(("y", "x"), red, {}, {"_FillValue": 0.0}),
+                 "x": netcdf.Variable(("x",), np.arange(64.0)), "y": netcdf.Variable(("y",), np.arange(64.0))}
+    zero_fill = netcdf.arrays_bytes(variables, {})
+    got = netcdf.read_bands(zero_fill, ["red"], "z.nc")[0]
+    np.testing.assert_array_equal(np.isnan(got), red == 0)
+    with pytest.raises(Exception):  # noqa: B017 (h5py's error for a truncated file)
+        netcdf.read_bands(first[:-100], ["red"], "cut.nc")
