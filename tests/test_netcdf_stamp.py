@@ -199,3 +199,22 @@ def test_a_file_differing_beyond_values_is_not_read_by_the_known_layout(monkeypa
     np.testing.assert_array_equal(np.isnan(got), red == 0)
     with pytest.raises(Exception):  # noqa: B017 (h5py's error for a truncated file)
         netcdf.read_bands(first[:-100], ["red"], "cut.nc")
+
+
+@pytest.mark.parametrize("dtype", ["<u2", "<i4", "<f4", ">f4", "<f8", "u1"])
+def test_shuffled_chunks_are_hdf5_shuffle_and_deflate(dtype: str) -> None:
+    """A chunk is zlib of HDF5's byte shuffle (byte k of every value, k = 0, 1, ...), also from a strided
+    view; read back into an array of its type or into float32."""
+    import zlib
+
+    rng = np.random.default_rng(1)
+    whole = rng.integers(0, 30000, (40, 70)).astype(dtype)
+    values = whole[3:35, 5:61]  # a strided view, as the chip writer's windows are
+    size = whole.dtype.itemsize
+    chunk = netcdf.deflated_chunk(values, 2, shuffle=True)
+    expected = np.ascontiguousarray(values).view(np.uint8).reshape(-1, size).T.tobytes()
+    assert zlib.decompress(chunk) == expected
+    for out_dtype in (values.dtype, np.float32):
+        out = np.empty(values.shape, out_dtype)
+        netcdf._Chunk(chunk, values.dtype, values.shape, True).decode_into(out)
+        np.testing.assert_array_equal(out, values.astype(out_dtype))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import itertools
 import struct
+import sys
 import threading
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -457,10 +458,48 @@ MAX_COMPACT_ATTRIBUTES = 32
 
 def deflated_chunk(values: np.ndarray, complevel: int, shuffle: bool) -> bytes:
     """``values`` as one HDF5 chunk through the shuffle (optional) and deflate filters, in that order."""
-    values = np.ascontiguousarray(values)
     size = values.dtype.itemsize
-    raw = values.view(np.uint8).reshape(-1, size).T.tobytes() if shuffle and size > 1 else values.tobytes()
-    return isal_zlib.compress(raw, complevel)
+    if shuffle and size > 1:
+        return isal_zlib.compress(_shuffled(values), complevel)
+    return isal_zlib.compress(np.ascontiguousarray(values), complevel)
+
+
+_BYTES_IN_INTS = sys.byteorder == "little"  # byte k of a value in memory is bits 8k.. of its unsigned int
+
+
+def _shuffled(values: np.ndarray) -> np.ndarray:
+    """HDF5's shuffle: byte k of every value, for k = 0, 1, ... (the values' bytes as stored).
+    Shifts of the values seen as unsigned integers, written as bytes: ~1.7x a byte transpose's speed,
+    and no contiguous copy of a strided array first."""
+    size = values.dtype.itemsize
+    out = np.empty((size, values.size), np.uint8)
+    if not (_BYTES_IN_INTS and size in (2, 4, 8)):
+        out[...] = np.ascontiguousarray(values).view(np.uint8).reshape(-1, size).T
+        return out
+    ints = values.view(f"u{size}")
+    shifted = np.empty(values.shape, ints.dtype)
+    for k in range(size):
+        np.right_shift(ints, 8 * k, out=shifted)
+        np.copyto(out[k].reshape(values.shape), shifted, casting="unsafe")
+    return out
+
+
+def _unshuffle_into(planes: np.ndarray, out: np.ndarray) -> None:
+    """The inverse of :func:`_shuffled`: ``planes`` [itemsize, n] (uint8) into ``out`` (C-contiguous, n
+    values of that itemsize)."""
+    size = out.dtype.itemsize
+    if not (_BYTES_IN_INTS and size in (2, 4, 8)):
+        values = out.reshape(-1).view(np.uint8).reshape(-1, size)
+        for k in range(size):  # byte k of every value (one long strided copy each)
+            values[:, k] = planes[k]
+        return
+    ints = out.reshape(-1).view(f"u{size}")
+    byte = np.empty(ints.shape, ints.dtype)
+    np.copyto(ints, planes[size - 1])
+    for k in range(size - 2, -1, -1):
+        np.left_shift(ints, 8, out=ints)
+        np.copyto(byte, planes[k])
+        np.bitwise_or(ints, byte, out=ints)
 
 
 def _default_coordinates(ds: xr.Dataset, name: str, var: xr.Variable) -> str:
@@ -766,17 +805,11 @@ class _Chunk:
             return
         planes = raw.reshape(size, -1)
         if out.dtype != self.dtype:
-            out[...] = self._unshuffled(planes)
+            values = np.empty(self.shape, self.dtype)
+            _unshuffle_into(planes, values)
+            out[...] = values
             return
-        values = out.reshape(-1).view(np.uint8).reshape(-1, size)
-        for k in range(size):  # byte k of every value (one long strided copy each: ~3x a transpose's speed)
-            values[:, k] = planes[k]
-
-    def _unshuffled(self, planes: np.ndarray) -> np.ndarray:
-        values = np.empty((planes.shape[1], self.dtype.itemsize), np.uint8)
-        for k in range(self.dtype.itemsize):
-            values[:, k] = planes[k]
-        return values.view(self.dtype).reshape(self.shape)
+        _unshuffle_into(planes, out)
 
 
 def _raw_chunk(did: h5d.DatasetID) -> _Chunk | None:
