@@ -258,7 +258,7 @@ def _new_template(prepared: list[_Prepared], global_attrs: dict[str, Any], dims:
         template = _template(image, stand_in, global_attrs)
         ok = _content(_stamp(template, prepared, global_attrs)) == _content(
             _h5py_bytes(prepared, global_attrs, dims, complevel, shuffle))
-    except (ValueError, KeyError, OSError):
+    except Exception:  # a layout this code does not know, whatever the error: HDF5 writes such chips
         return None
     return template if ok else None
 
@@ -565,14 +565,18 @@ def _htypes(dtype: np.dtype) -> tuple[h5t.TypeID, h5t.TypeID]:
     return h5t.py_create(dtype, logical=True), h5t.py_create(dtype)
 
 
+@lru_cache(maxsize=4096)
 def char_attr(text: str) -> Any:
     """A string attribute as netCDF-C writes it (NC_CHAR: a fixed-length HDF5 string), which ``ncdump -t``
     and CF tools expect (``units`` of time, say); empty strings stay variable-length (HDF5 has no
-    zero-length fixed string). h5netcdf and netCDF-C read both back as the same text."""
+    zero-length fixed string). h5netcdf and netCDF-C read both back as the same text. Made once per text
+    (read-only: a chip repeats most of its attributes)."""
     raw = text.encode("utf-8")
     if not raw:
         return text
-    return np.array(raw, dtype=h5py.string_dtype("ascii" if raw.isascii() else "utf-8", len(raw)))
+    value = np.array(raw, dtype=h5py.string_dtype("ascii" if raw.isascii() else "utf-8", len(raw)))
+    value.flags.writeable = False
+    return value
 
 
 def _attr_value(value: Any, what: str) -> Any:
@@ -716,7 +720,7 @@ def _learn_layout(data: bytes) -> None:
         return
     try:
         layout = _layout_of(data)
-    except (ValueError, KeyError, OSError, TypeError):
+    except Exception:  # a layout this code does not know, whatever the error: h5py reads such files
         layout = None
     with _KNOWN_LAYOUTS_LOCK:
         if layout is None:
