@@ -218,3 +218,15 @@ def test_shuffled_chunks_are_hdf5_shuffle_and_deflate(dtype: str) -> None:
         out = np.empty(values.shape, out_dtype)
         netcdf._Chunk(chunk, values.dtype, values.shape, True).decode_into(out)
         np.testing.assert_array_equal(out, values.astype(out_dtype))
+
+
+def test_same_chip_same_bytes_whichever_chip_made_the_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same inputs, same bytes: a chip's file does not depend on the chip its template was made from."""
+    a_args, b_args = (*CASES[1], 31), (*CASES[0], 32)  # one structure (chip ids of one length)
+    monkeypatch.setattr(netcdf, "_TEMPLATES", {})
+    chip_files(*a_args[:5], seed=a_args[5])
+    b_after_a = chip_files(*b_args[:5], seed=b_args[5])[0]
+    assert len(netcdf._TEMPLATES) == 1
+    monkeypatch.setattr(netcdf, "_TEMPLATES", {})
+    b_first = chip_files(*b_args[:5], seed=b_args[5])[0]
+    assert b_first == b_after_a
