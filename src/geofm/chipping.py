@@ -5,9 +5,10 @@ The chips to make are grouped into windows of whole chips of the tile's chip gri
 band (:meth:`geofm.scene.SceneReader.read_window`) and cut into chips. Windows are read ahead of the
 work on them (so remote round trips overlap the CPU work) and worked on by ``threads`` threads at once:
 the decoding (GDAL), resampling (numpy), deflate (ISA-L) and PNG deflate release the GIL, so one scene
-uses the cores it is given; HDF5 through h5py holds it (about a quarter of a chip's CPU), which is what
-limits the gain of more threads in one scene. At most ``threads + read_ahead`` windows are held at once
-(~60 MB each for 12 bands + SCL): memory stays bounded by a few windows, never a whole tile.
+uses the cores it is given; HDF5 through h5py holds it, but writes only one template per chip structure
+(:mod:`geofm.netcdf` stamps the chips from it in well under a millisecond). At most
+``threads + read_ahead`` windows are held at once (~60 MB each for 12 bands + SCL): memory stays bounded
+by a few windows, never a whole tile.
 
 :func:`chip_threads` shares the machine between scenes running at once (the executor's workers).
 """
