@@ -87,12 +87,6 @@ def chip_netcdf(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, c
     return netcdf.arrays_bytes(variables, global_attrs, complevel=NETCDF_COMPLEVEL, shuffle=True)
 
 
-@functools.lru_cache(maxsize=8)
-def _grid_mapping(crs: str) -> dict[str, Any]:
-    """The CF grid-mapping attributes of ``crs``, as rioxarray writes them (made once per CRS)."""
-    return dict(xr.Dataset().rio.write_crs(crs)["spatial_ref"].attrs)
-
-
 def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
                  attrs: dict[str, Any], when: pd.Timestamp) -> xr.Dataset:
     """The chip datacube of docs/formats.md as an xarray Dataset built with rioxarray (one float32
