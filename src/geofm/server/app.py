@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -373,29 +373,31 @@ def _thumbnail_urls(aoi: str, grid: str, hits: list[dict[str, Any]]) -> None:
         h["thumbnail_url"] = f"{base}/{h['chip_id']}/thumbnail?date={h['date']}"
 
 
-def _alert_file(frame: Any, fmt: str) -> bytes:
-    """The alerts in a file format, as bytes (through a temporary file: :func:`geofm.alerts.write_alerts`)."""
+def _file_bytes(name: str, write: Callable[[str], object]) -> bytes:
+    """What ``write(path)`` writes to a temporary file ``name``, as bytes (for writers that need a path)."""
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="geofm-export-") as tmp:
+        path = str(Path(tmp) / name)
+        write(path)
+        return Path(path).read_bytes()
+
+
+def _alert_file(frame: Any, fmt: str) -> bytes:
+    """The alerts in a file format (:func:`geofm.alerts.write_alerts`), as bytes."""
     from geofm import alerts
 
-    with tempfile.TemporaryDirectory(prefix="geofm-alerts-") as tmp:
-        path = str(Path(tmp) / f"change_alerts.{fmt}")
-        alerts.write_alerts(frame, path, fmt)
-        return Path(path).read_bytes()
+    return _file_bytes(f"change_alerts.{fmt}", lambda path: alerts.write_alerts(frame, path, fmt))
 
 
 def _change_raster(root: str, aoi: str, grid: str, day: date) -> bytes:
     """The change raster of one grid and date (:func:`geofm.alerts.export_change_raster`, with the
     thresholds the AOI's step 4 recorded), as bytes."""
-    import tempfile
-
     from geofm import alerts
 
-    with tempfile.TemporaryDirectory(prefix="geofm-raster-") as tmp:
-        path = str(Path(tmp) / "change_raster.tif")
-        alerts.export_change_raster(alerts.recorded_config(root, aoi), day, [grid], dest=path)
-        return Path(path).read_bytes()
+    cfg = alerts.recorded_config(root, aoi)
+    return _file_bytes("change_raster.tif",
+                       lambda path: alerts.export_change_raster(cfg, day, [grid], dest=path))
 
 
 def _check_tile(z: int, x: int, y: int) -> None:

@@ -314,8 +314,7 @@ class Catalog:
                           _version_or_none(lay.frontend_config(g))) for g in grids)
 
         def load() -> gpd.GeoDataFrame:
-            cfg = alerts.recorded_config(self.root, aoi)
-            return alerts.change_alerts(cfg, [g for g in grids if cfg.layout.processed_files(g)] or None)
+            return alerts.change_alerts(alerts.recorded_config(self.root, aoi), grids)
 
         return self.tables.get(("alerts", lay.output_dir), stamp, load, f"change alerts of AOI {aoi!r}")
 
