@@ -1,7 +1,7 @@
 """Where things sit in an HDF5 file written by :mod:`geofm.netcdf`: object header blocks, attribute values,
 the superblock's end-of-file address; and HDF5's metadata checksum (Jenkins' lookup3).
 
-Only what the chip writer's files use is read: superblock version 0 with 8-byte addresses and lengths,
+Only what the chip writer's files use is read: superblock version 2 with 8-byte addresses and lengths,
 version 2 object headers ("OHDR", continued in "OCHK" blocks), attribute messages of versions 1-3. Anything
 else raises ``ValueError`` (the caller then writes through h5py as before).
 """
@@ -36,20 +36,17 @@ class AttrValue:
 
 @dataclass(frozen=True)
 class Superblock:
-    """Where the end-of-file address lies, and the checksummed superblock (version 2) if any."""
+    """Where the end-of-file address lies, and the checksummed superblock (version 2)."""
 
     eof_at: int
-    block: Block | None
+    block: Block  # the superblock's own checksummed bytes
 
 
 def superblock(data: bytes | bytearray) -> Superblock:
-    """The superblock (version 0, or 2 without extension) of a file with 8-byte addresses and lengths."""
+    """The superblock (version 2 without extension) of a file with 8-byte addresses and lengths."""
     if data[:8] != b"\x89HDF\r\n\x1a\n":
         raise ValueError("not an HDF5 file")
     version = data[8]
-    if version == 0 and data[13] == data[14] == 8:
-        # signature, versions and sizes 16, group K 4, flags 4, base, free-space addresses
-        return Superblock(40, None)
     if version == 2 and data[9] == data[10] == 8:
         block = Block(0, 48)  # signature, version, sizes, flags 12; base, extension, EOF, root 32; checksum
         if data[20:28] != b"\xff" * 8:

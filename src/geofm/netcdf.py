@@ -267,6 +267,19 @@ def _replace_chunk(p: _Prepared, chunk: bytes) -> _Prepared:
     return _Prepared(p.name, p.dims, p.values, p.fill, p.attrs, chunk)
 
 
+def _chunk_entry(image: bytes, did: h5d.DatasetID) -> int:
+    """Where the single chunk of ``did`` has its entry in its chunk B-tree node (version-1 record: size
+    u32, filter mask u32, ndim + 1 offsets u64, then the chunk's address), found by its contents."""
+    info = did.get_chunk_info(0)
+    key = struct.pack("<II", info.size, 0) + bytes(8 * (len(did.shape) + 1))
+    return _unique(image, key + struct.pack("<Q", info.byte_offset))
+
+
+def _chunk_address_at(entry: int, ndim: int) -> int:
+    """Where the chunk's address lies in the B-tree record at ``entry`` (see :func:`_chunk_entry`)."""
+    return entry + 8 + 8 * (ndim + 1)
+
+
 def _template(image: bytes, prepared: list[_Prepared], global_attrs: dict[str, Any]) -> _Template:
     """Where the per-chip parts of ``image`` (HDF5's file of ``prepared``) lie."""
     sb = hdf5_layout.superblock(image)
@@ -279,11 +292,8 @@ def _template(image: bytes, prepared: list[_Prepared], global_attrs: dict[str, A
             attrs = hdf5_layout.object_attributes(image, h5o.get_info(did).addr)
             record = address_at = data = None
             if p.chunk is not None:
-                info = did.get_chunk_info(0)
-                ndim = p.values.ndim
-                entry = struct.pack("<II", info.size, 0) + bytes(8 * (ndim + 1))
-                record = _unique(image, entry + struct.pack("<Q", info.byte_offset))
-                address_at = record + len(entry)
+                record = _chunk_entry(image, did)
+                address_at = _chunk_address_at(record, p.values.ndim)
             elif p.values.nbytes:
                 data = did.get_offset()
                 if data is None or image[data:data + p.values.nbytes] != _stored(p.values):
@@ -333,8 +343,7 @@ def _stamp(template: _Template, prepared: list[_Prepared], global_attrs: dict[st
         _put_attrs(out, slot.attrs, p.attrs, dirty)
     _put_attrs(out, template.global_attrs, global_attrs, dirty)
     struct.pack_into("<Q", out, template.superblock.eof_at, address)
-    if template.superblock.block is not None:
-        dirty.add(template.superblock.block)
+    dirty.add(template.superblock.block)
     for block in dirty:
         sum_at = block.end - 4
         struct.pack_into("<I", out, sum_at, hdf5_layout.checksum(memoryview(out)[block.start:sum_at]))
@@ -691,8 +700,8 @@ class _KnownLayout:
         out = []
         for name in names:
             entry, dtype, shape, shuffled = self.bands[name]
-            size, address = struct.unpack_from("<I", data, entry)[0], struct.unpack_from(
-                "<Q", data, entry + 8 + 8 * (len(shape) + 1))[0]
+            size = struct.unpack_from("<I", data, entry)[0]
+            address = struct.unpack_from("<Q", data, _chunk_address_at(entry, len(shape)))[0]
             if address < n or address + size > len(data):
                 return None
             out.append(_Chunk(data[address:address + size], dtype, shape, shuffled))
@@ -731,7 +740,7 @@ def _learn_layout(data: bytes) -> None:
 
 def _layout_of(data: bytes) -> _KnownLayout | None:
     sb = hdf5_layout.superblock(data)
-    varying = [(sb.eof_at, 8)] + ([(sb.block.end - 4, 4)] if sb.block else [])
+    varying = [(sb.eof_at, 8), (sb.block.end - 4, 4)]
     chunks, bands = [], {}
     with h5py.File(io.BytesIO(data), "r") as f:
         objects = [f.id] + [h5o.open(f.id, name.encode()) for name in f]
@@ -753,9 +762,8 @@ def _layout_of(data: bytes) -> _KnownLayout | None:
             if chunk is None:
                 return None
             info = did.get_chunk_info(0)
-            key = struct.pack("<II", info.size, 0) + bytes(8 * (len(did.shape) + 1))
-            entry = _unique(data, key + struct.pack("<Q", info.byte_offset))
-            varying += [(entry, 4), (entry + len(key), 8)]
+            entry = _chunk_entry(data, did)
+            varying += [(entry, 4), (_chunk_address_at(entry, len(did.shape)), 8)]
             chunks.append((info.byte_offset, info.size))
             if _plain(did):
                 name = h5i.get_name(did).decode().lstrip("/")

@@ -188,16 +188,18 @@ def list_files(url: str, suffix: str = "") -> list[str]:
             return []
         return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(suffix)
                       and not p.name.startswith("."))
-    fs = filesystem(url)
+    return sorted(_remote_files(url, suffix))
+
+
+def _remote_files(url: str, suffix: str) -> dict[str, dict[str, Any]]:
+    """``{URL: listing entry}`` of the files in a remote folder whose names end with ``suffix`` (one
+    listing; a missing folder is empty)."""
     try:
-        entries = fs.ls(url, detail=True, refresh=True)
+        entries = filesystem(url).ls(url, detail=True, refresh=True)
     except FileNotFoundError:
-        return []
-    out = []
-    for e in entries:
-        if e.get("type") == "file" and e["name"].endswith(suffix):
-            out.append("s3://" + e["name"] if is_s3(url) and not e["name"].startswith("s3://") else e["name"])
-    return sorted(out)
+        return {}
+    return {("s3://" + e["name"] if is_s3(url) and not e["name"].startswith("s3://") else e["name"]): e
+            for e in entries if e.get("type") == "file" and e["name"].endswith(suffix)}
 
 
 def file_versions(url: str, suffix: str = "") -> dict[str, str]:
@@ -209,12 +211,7 @@ def file_versions(url: str, suffix: str = "") -> dict[str, str]:
             with contextlib.suppress(FileNotFoundError):
                 out[u] = version(u)
         return out
-    try:
-        entries = filesystem(url).ls(url, detail=True, refresh=True)
-    except FileNotFoundError:
-        return {}
-    return {("s3://" + e["name"] if is_s3(url) and not e["name"].startswith("s3://") else e["name"]):
-            _stamp(e) for e in entries if e.get("type") == "file" and e["name"].endswith(suffix)}
+    return {u: _stamp(e) for u, e in _remote_files(url, suffix).items()}
 
 
 def list_folders(url: str) -> list[str]:
