@@ -332,11 +332,16 @@ def patch_embedding(lay: Layout, grid: str, x_dim: int, y_dim: int, day: date) -
     return arr
 
 
+def _usable(arr: np.ndarray) -> np.ndarray:
+    """Rows of patch embeddings that carry data: finite and not all zero."""
+    return np.all(np.isfinite(arr), axis=1) & np.any(arr != 0, axis=1)
+
+
 def _patches(lay: Layout, row: dict[str, Any]) -> np.ndarray:
     """The usable patch embeddings (finite, not all zero) of a vector DB row's chip and date."""
     arr = patch_embedding(lay, str(row["mgrs_grid"]), int(row["x_dim"]), int(row["y_dim"]),
                           pd.Timestamp(row["date"]).date())
-    return arr[np.all(np.isfinite(arr), axis=1) & np.any(arr != 0, axis=1)]
+    return arr[_usable(arr)]
 
 
 def fit_patch_scorer(lay: Layout, examples: pd.DataFrame, method: str = DEFAULT_METHOD,
@@ -369,7 +374,7 @@ def patch_heatmap(lay: Layout, scorer: Scorer, grid: str, x_dim: int, y_dim: int
     ``day``, as a [grid, grid] array (row-major, north up; NaN for patches without data)."""
     arr = patch_embedding(lay, grid, x_dim, y_dim, day)
     side = patch_grid_side(arr.shape[0])
-    ok = np.all(np.isfinite(arr), axis=1) & np.any(arr != 0, axis=1)
+    ok = _usable(arr)
     out = np.full(arr.shape[0], np.nan)
     if ok.any():
         out[ok] = scorer.score(arr[ok])

@@ -1,7 +1,7 @@
 // Map sources and layers as data. map.js installs them on a map and applies their visibility; panels only
 // set their data (setOverlayData) and the state their `visible` rule reads.
 //
-// An overlay: {id, source, type, paint, layout?, maps, visible?(state, ctx), interactive?}
+// An overlay: {id, source, type, paint, layout?, maps, visible?(state, ctx)}
 //   source   a GeoJSON source id (made empty on install; fill it with setOverlayData(source, fc))
 //   maps     which maps carry it: "main" (the map of every mode) and/or "after" (the split map's right side)
 //   visible  when it shows (default: always); ctx.checked(id) reads a checkbox of the page
@@ -33,7 +33,7 @@ export const OVERLAYS = [
     visible: (s, ctx) => s.mode === "change" && ctx.checked("toggle-patch-map"),
   },
   {
-    id: "grid-fill", source: "grid", type: "fill", maps: ["main", "after"], interactive: true,
+    id: "grid-fill", source: "grid", type: "fill", maps: ["main", "after"],
     paint: { "fill-color": "#ffffff", "fill-opacity": 0.01 },
   },
   { id: "grid-line", source: "grid", type: "line", maps: ["main", "after"], paint: { "line-color": "#ffd400", "line-width": 1 } },

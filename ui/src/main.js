@@ -6,7 +6,7 @@
 // map.js (MapLibre), panels/registry.js (the panels; similarity.js, fewshot.js, change.js, compare.js),
 // chart.js.
 import "./style.css";
-import { ApiError, TRUE_COLOUR, getJSON, gridBase, legendUrl, onLoadingChange } from "./api.js";
+import { ApiError, TRUE_COLOUR, aoiBase, getJSON, gridBase, legendUrl, onLoadingChange } from "./api.js";
 import { $, fillSelect, nearestDate } from "./dom.js";
 import { EMPTY_FC, IMAGERY_LAYERS, imageryLayer, layerDates, layerMinzoom, setIndices } from "./layers.js";
 import {
@@ -247,7 +247,7 @@ async function pickGrid(values) {
     aoi = app.aois.find((a) => a.aoi_name === values.aoi);
     if (!aoi) {
       try {
-        await getJSON(`api/aois/${encodeURIComponent(values.aoi)}`); // the server says why
+        await getJSON(aoiBase(values.aoi)); // the server says why
       } catch (err) {
         if (!(err instanceof ApiError)) throw err;
         showError(err.message);
@@ -304,7 +304,7 @@ async function restore(values) {
 // The context every panel gets (see panels/registry.js).
 const ctx = {
   state, app, $, showError, guarded, commit, checked: (id) => $(id).checked,
-  setOverlayData, refreshOverlays, refreshImagery, fitBounds, setMode, selectChip, chipSeries, setDate,
+  setOverlayData, refreshOverlays, refreshImagery, fitBounds, setMode, selectChip, setDate,
   ensureBeforeAfter, viewChanged, showSplitMap,
 };
 window.geofmExplorer = {
@@ -319,7 +319,6 @@ function makeTabs() {
     const b = document.createElement("button");
     b.id = `tab-${p.mode}`;
     b.className = "tab";
-    b.dataset.testid = `tab-${p.mode}`;
     b.setAttribute("data-testid", `tab-${p.mode}`);
     b.textContent = p.label;
     b.addEventListener("click", () => guarded(async () => {

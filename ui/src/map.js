@@ -33,15 +33,9 @@ export function whenLoaded(map) {
   return new Promise((resolve) => { if (map.loaded() || map.isStyleLoaded()) resolve(map); else map.once("load", () => resolve(map)); });
 }
 
-export function setGeoJSON(map, id, data) {
-  const src = map.getSource(id);
-  if (src) src.setData(data);
-  else map.addSource(id, { type: "geojson", data });
-}
-
 /** Add the overlays of layers.js that this map (`name`: "main" or "after") carries, in order. */
 export function installOverlays(map, name) {
-  for (const id of overlaySources(name)) if (!map.getSource(id)) setGeoJSON(map, id, EMPTY_FC);
+  for (const id of overlaySources(name)) if (!map.getSource(id)) map.addSource(id, { type: "geojson", data: EMPTY_FC });
   for (const o of OVERLAYS) {
     if (!o.maps.includes(name) || map.getLayer(o.id)) continue;
     const layer = { id: o.id, type: o.type, source: o.source, paint: o.paint };

@@ -18,7 +18,7 @@ const CHIP = /^\d+_\d+$/;
 const DAY = /^\d{4}-\d{2}-\d{2}$/;
 const CHIP_AT_DATE = /^(\d+_\d+)@(\d{4}-\d{2}-\d{2})$/;
 const NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-export const MAX_EXAMPLES = 100; // per list: keeps URLs bounded
+export const MAX_EXAMPLES = 50; // per list: keeps URLs bounded; the classify API takes at most 50 a list
 
 export function isDay(value) {
   if (typeof value !== "string" || !DAY.test(value)) return false;

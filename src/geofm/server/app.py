@@ -141,7 +141,7 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
     catalog = Catalog(root)
     policy = SourcePolicy([root, *opts.archives], allow_remote=opts.allow_remote_assets)
     pool = RenderPool(opts.render_slots, opts.queue_timeout_s, opts.render_timeout_s)
-    index_maps = IndexMaps(catalog, root)
+    index_maps = IndexMaps(catalog)
     redact = _Redactor([root, *opts.archives])
 
     @asynccontextmanager
@@ -237,6 +237,8 @@ def create_app(root: str, options: ExplorerOptions | None = None) -> FastAPI:
         except ClientGone:
             return Response(status_code=499)  # type: ignore[return-value]
         _thumbnail_urls(aoi, grid, out["results"])
+        if out["heatmap_note"]:
+            out["heatmap_note"] = redact(out["heatmap_note"])
         return out
 
     @app.get("/api/aois/{aoi}/alerts", summary="Change alerts of an AOI: changed patches dissolved into "

@@ -27,7 +27,7 @@ from geofm import columns, geoparquet, storage
 from geofm.config import check_name
 from geofm.errors import GeofmError, NotFoundError, StorageError
 from geofm.layout import Layout
-from geofm.sentinel2 import parse_scene_id
+from geofm.sentinel2 import parse_scene_id, scenes_of_grid
 
 T = TypeVar("T")
 MAX_TABLES = 24  # cached tables and GeoJSONs (the big entries)
@@ -158,11 +158,13 @@ class Catalog:
         return grids
 
     def check(self, aoi: str, grid: str) -> Layout:
-        """The layout of a known (AOI, grid); unknown ones raise :class:`NotFoundError`."""
+        """The layout of a known (AOI, grid); unknown ones raise :class:`NotFoundError`. A known grid
+        costs one existence check (every request makes it); the listing only words the error."""
+        lay = self.layout(aoi)
+        if storage.exists(lay.consolidated_output(grid)):
+            return lay
         grids = self.grids(aoi)
-        if grid not in grids:
-            raise NotFoundError(f"unknown grid {grid!r} for AOI {aoi!r} (grids: {', '.join(grids)})")
-        return self.layout(aoi)
+        raise NotFoundError(f"unknown grid {grid!r} for AOI {aoi!r} (grids: {', '.join(grids)})")
 
     def _json(self, url: str, what: str, cache: VersionedLRU | None = None) -> Any:
         """A JSON file of the output, cached by version (errors as :meth:`VersionedLRU.get`)."""
@@ -348,24 +350,17 @@ class Catalog:
             raise NotFoundError(f"chip {chip_id!r} has no data on {day} (dates: {dates})")
         return self._files(aoi, next(rows.itertuples(index=False)), None)
 
-    def thumbnail_url(self, aoi: str, grid: str, chip_id: str, day: date) -> str:
-        """The PNG thumbnail of a chip at a date (:meth:`chip_files`); a missing file is a 404."""
-        url = self.chip_files(aoi, grid, chip_id, day).thumbnail
-        if not storage.exists(url):
-            raise NotFoundError(f"no thumbnail of chip {chip_id!r} on {day}")
-        return url
-
     def thumbnail(self, aoi: str, grid: str, chip_id: str, day: date) -> bytes:
-        """The PNG bytes of :meth:`thumbnail_url`; a file that vanished meanwhile is a 404 too."""
+        """The PNG thumbnail of a chip at a date (:meth:`chip_files`); a missing file is a 404."""
         try:
-            return storage.read_bytes(self.thumbnail_url(aoi, grid, chip_id, day))
+            return storage.read_bytes(self.chip_files(aoi, grid, chip_id, day).thumbnail)
         except FileNotFoundError:
             raise NotFoundError(f"no thumbnail of chip {chip_id!r} on {day}") from None
 
     def chips_on(self, aoi: str, grid: str, day: date) -> list[ChipFiles]:
         """The files and lon/lat bounds of every chip of the grid's consolidated output cut on a date."""
-        table = self.table(aoi, grid)
-        bounds = dict(zip(table["chip_id"], table.geometry.bounds.itertuples(index=False), strict=False))
+        chips = self.table(aoi, grid).drop_duplicates("chip_id")  # a chip's outline is the same on every date
+        bounds = dict(zip(chips["chip_id"], chips.geometry.bounds.itertuples(index=False), strict=True))
         df = self.chip_dates(aoi, grid)
         return [self._files(aoi, row, tuple(bounds[row.chip_id]))
                 for row in df[df["day"] == day.isoformat()].itertuples(index=False) if row.chip_id in bounds]
@@ -379,15 +374,7 @@ class Catalog:
         return sorted({s.date.isoformat() for s in self._scenes(aoi, grid)})
 
     def _scenes(self, aoi: str, grid: str) -> list[Any]:
-        out = []
-        for scene_id in self.check(aoi, grid).scene_ids():
-            try:
-                s = parse_scene_id(scene_id)
-            except ValueError:
-                continue
-            if s.grid == grid:
-                out.append(s)
-        return out
+        return [parse_scene_id(s) for s in scenes_of_grid(self.check(aoi, grid).scene_ids(), grid)]
 
     def scene_items(self, aoi: str, grid: str, day: date) -> list[tuple[str, dict[str, Any]]]:
         """(item URL, item JSON) of the scenes of a grid on a date; none raises :class:`NotFoundError`."""

@@ -58,11 +58,11 @@ class TileResult:
 
 
 class IndexMaps:
-    """Index images and tiles over the catalog's outputs; chips are read only inside ``root``."""
+    """Index images and tiles over the catalog's outputs; chips are read only inside its root."""
 
-    def __init__(self, catalog: Catalog, root: str, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, catalog: Catalog, cache_size: int = CACHE_SIZE) -> None:
         self.catalog = catalog
-        self.policy = SourcePolicy([root])  # chips live in the output root, never in a scene archive
+        self.policy = SourcePolicy([catalog.root])  # chips live in the output root, never in an archive
         self.cache = VersionedLRU(cache_size)
 
     def minzoom(self, aoi: str, grid: str) -> int:
@@ -107,8 +107,6 @@ class IndexMaps:
         chips = self.catalog.chips_on(aoi, grid, day)
         if not chips:
             raise NotFoundError(f"no chip of AOI {aoi!r} grid {grid!r} on {day}")
-        if z < self.minzoom(aoi, grid):
-            return TileResult(tiles.empty_png(), "below-minzoom")
         tile = morecantile.Tile(x, y, z)
         west, south, east, north = tiles.TMS.bounds(tile)
         meeting = [c for c in chips if c.bounds is not None and c.bounds[0] < east and c.bounds[2] > west

@@ -94,7 +94,7 @@ def classify_chips(
         try:
             maps = fewshot.patch_heatmaps(lay, top)
         except NotFoundError as exc:  # e.g. embedded without patch embeddings: the chip ranking stands
-            heat_note = str(exc).replace(lay.output_dir, "<output>")
+            heat_note = str(exc)
             maps = []
         for hit, heat in zip(hits, maps, strict=False):
             hit["heatmap"] = [[None if not np.isfinite(v) else float(v) for v in row] for row in heat]

@@ -42,7 +42,6 @@ function showExamples(ctx) {
   const items = [...state.pos.map((e) => ["positive", e]), ...state.neg.map((e) => ["negative", e])];
   list.replaceChildren(...items.map(([role, e]) => {
     const li = document.createElement("li");
-    li.dataset.testid = "example";
     li.setAttribute("data-testid", "example");
     li.dataset.role = role;
     li.dataset.example = formatChipAt(e);
