@@ -16,7 +16,7 @@ import rasterio
 from typer.testing import CliRunner
 
 from fixtures.farmland_run import FARMLAND_BASELINE_END, FARMLAND_CHIP, FARMLAND_DATES
-from geofm import alerts, vectordb
+from geofm import alerts, storage, vectordb
 from geofm.cli import app
 from geofm.synth import truth
 
@@ -153,3 +153,11 @@ def test_search_within_change_returns_only_chips_that_changed(farmland_run) -> N
     assert result.exit_code == 0, result.output
     few = json.loads(result.stdout)
     assert few and {h["chip_id"] for h in few} <= changed - set(cleared[:2])
+
+
+def test_frontend_config_records_the_baseline_period(farmland_run) -> None:
+    """Step 4's front-end config names the seasonal baseline period the rows were judged against."""
+    cfg = farmland_run.cfg
+    recorded = storage.read_json(cfg.layout.frontend_config(farmland_run.synth.grid))["demos"][0]["config"]
+    assert recorded["baseline_period_start"] == FARMLAND_DATES[0].isoformat()
+    assert recorded["baseline_period_end"] == FARMLAND_BASELINE_END.isoformat()

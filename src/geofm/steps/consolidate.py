@@ -50,7 +50,8 @@ def grid_units(cfg: PipelineConfig) -> list[str]:
 
 
 # What the front-end config reads of the rows (the rest of a row, patch maps above all, is not kept).
-_CONFIG_COLUMNS = ("date", "baseline_date", "model", "embedding_dim")
+_CONFIG_COLUMNS = ("date", "baseline_date", "model", "embedding_dim", "baseline_period_start",
+                   "baseline_period_end")
 
 
 # ---- chip grids ----------------------------------------------------------------------------------
@@ -114,11 +115,6 @@ def change_records(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> list[dict[str
         rec["geometry"] = g.geometry.iloc[0]
         out.append(rec)
     return out
-
-
-def change_intensity_frame(rows: gpd.GeoDataFrame, cfg: PipelineConfig) -> gpd.GeoDataFrame:
-    """The change-intensity layer of ``rows``: :func:`change_records` as a GeoDataFrame."""
-    return gpd.GeoDataFrame(change_records(rows, cfg), geometry="geometry", crs=WGS84)
 
 
 # ---- front-end config ----------------------------------------------------------------------------
