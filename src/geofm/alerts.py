@@ -133,8 +133,7 @@ def _grids(cfg: PipelineConfig, grids: list[str] | None) -> list[str]:
 
 def _monitored(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows dated after their chip's baseline (the only ones change is judged on)."""
-    after = pd.to_datetime(rows["date"], utc=True) > pd.to_datetime(rows["baseline_date"], utc=True)
-    return rows[after.to_numpy()]
+    return rows[change.monitored(rows)]
 
 
 def _day(value: Any) -> date:

@@ -24,6 +24,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from geofm.errors import InputError
 
@@ -460,6 +461,12 @@ def patch_scores(row: Any, scale: ChangeScale) -> np.ndarray | None:
         return None
     v = np.asarray(value, dtype=np.float64)
     return v if scale.seasonal else 1.0 - v
+
+
+def monitored(rows: pd.DataFrame) -> np.ndarray:
+    """Which rows are dated after their chip's baseline (the only ones change is judged on), as a mask."""
+    after = pd.to_datetime(rows["date"], utc=True) > pd.to_datetime(rows["baseline_date"], utc=True)
+    return after.to_numpy()
 
 
 def chip_score(similarity: np.ndarray) -> np.ndarray:

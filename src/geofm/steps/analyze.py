@@ -17,7 +17,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import geopandas as gpd
 import numpy as np
@@ -172,43 +173,47 @@ def fit_seasonal(rows: pd.DataFrame, cfg: PipelineConfig) -> SeasonalModel:
                          len(spreads))
 
 
+T = TypeVar("T")
+_ROWS_CACHE: dict[str, tuple[str, Any]] = {}
+_PCA_CACHE: dict[str, tuple[str, Any]] = {}
+_SEASONAL_CACHE: dict[str, tuple[str, Any]] = {}
+
+
+def _read_once(cache: dict[str, tuple[str, Any]], url: str, load: Callable[[str], T]) -> T:
+    """``load(url)``, kept in ``cache`` (one file per cache) while the file's version is unchanged: a
+    step-wide input is read once per worker process, not once per unit."""
+    version = storage.version(url)
+    cached = cache.get(url)
+    if cached is None or cached[0] != version:
+        cache.clear()
+        cache[url] = cached = (version, load(url))
+    return cached[1]
+
+
 def load_seasonal(url: str) -> SeasonalModel:
+    """The saved seasonal baseline model (read once per worker process while unchanged)."""
     if not storage.exists(url):
         raise NotFoundError(f"no seasonal baseline model at {url}: run analyze with baseline seasonal")
-    return SeasonalModel.from_dict(storage.read_json(url))
+    return _read_once(_SEASONAL_CACHE, url, lambda u: SeasonalModel.from_dict(storage.read_json(u)))
 
 
 # ---- one chip ------------------------------------------------------------------------------------
-_ROWS_CACHE: dict[str, tuple[str, gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]] = {}
-
-
 def all_rows(url: str) -> tuple[gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]:
     """``analyze_rows`` and an index (grid, chip_id) -> row positions, read once per worker process
     (not once per chip: on S3 that would move the whole file for every unit)."""
-    version = storage.version(url)
-    cached = _ROWS_CACHE.get(url)
-    if cached is None or cached[0] != version:
-        frame = geoparquet.read(url)
+    def load(u: str) -> tuple[gpd.GeoDataFrame, dict[tuple[str, str], np.ndarray]]:
+        frame = geoparquet.read(u)
         groups = frame.groupby(["mgrs_grid", "chip_id"], sort=False).indices
-        index = {k: np.asarray(v) for k, v in groups.items()}
-        _ROWS_CACHE.clear()
-        _ROWS_CACHE[url] = cached = (version, frame, index)
-    return cached[1], cached[2]
+        return frame, {k: np.asarray(v) for k, v in groups.items()}
 
-
-_PCA_CACHE: dict[str, tuple[str, PCAModel]] = {}
+    return _read_once(_ROWS_CACHE, url, load)
 
 
 def global_pca(url: str) -> PCAModel:
     """The saved PCA, read once per worker process while the file is unchanged (it can be 10+ MB)."""
     if not storage.exists(url):
         return load_pca(url)  # raises naming the missing file
-    version = storage.version(url)
-    cached = _PCA_CACHE.get(url)
-    if cached is None or cached[0] != version:
-        _PCA_CACHE.clear()
-        _PCA_CACHE[url] = cached = (version, load_pca(url))
-    return cached[1]
+    return _read_once(_PCA_CACHE, url, load_pca)
 
 
 def chip_rows(cfg: PipelineConfig, grid: str, chip_id: str) -> gpd.GeoDataFrame:

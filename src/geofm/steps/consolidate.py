@@ -295,8 +295,7 @@ def vector_rows(rows: gpd.GeoDataFrame, lay: Layout, scale: change.ChangeScale |
         "cosine_sim": sel["cosine_sim"].astype(float),
     })
     if scale is not None:
-        monitored = (pd.to_datetime(sel["date"], utc=True)
-                     > pd.to_datetime(sel["baseline_date"], utc=True)).to_numpy()
+        monitored = change.monitored(sel)
         score = sel["change_score"].to_numpy(float) if "change_score" in sel.columns \
             else change.chip_score(sel["cosine_sim"].to_numpy(float))
         score = np.where(monitored, score, np.nan)
