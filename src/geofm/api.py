@@ -108,11 +108,7 @@ def run(
              **params}
     given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in given.items()}
     cfg = load_config(os.fspath(config) if config is not None else None, **given)
-    names = ([s.strip() for s in steps.split(",") if s.strip()] if isinstance(steps, str)
-             else list(steps) if steps is not None else list(pipeline.STEP_NAMES))
-    if skip_discover and "discover" in names:
-        names.remove("discover")
-    chosen = [s.name for s in pipeline.steps_named(names)]
+    chosen = [s.name for s in pipeline.chosen_steps(steps, skip_discover)]
     record = pipeline.run_pipeline(cfg, chosen, progress=_progress(progress))
     if check and not record.ok:
         raise RunFailedError(record.summary(), record)
@@ -247,12 +243,12 @@ class Results:
         ``is_baseline``; ``attrs`` hold chip, grid and baseline date."""
         import pandas as pd
 
-        from geofm.columns import SERIES
+        from geofm.columns import series_fields
 
         g = self._chip_grid(chip_id, grid)
         rows = self._table(g)
         rows = rows[rows["chip_id"] == chip_id]
-        cols = [c for c in SERIES if c in rows.columns] + sorted(c for c in rows.columns if "_emb_pca_" in c)
+        cols = series_fields(rows.columns)
         out = pd.DataFrame(rows[cols].to_numpy(float), columns=cols, index=pd.DatetimeIndex(rows["date"],
                                                                                            name="date"))
         baseline = rows["baseline_date"].dropna() if "baseline_date" in rows.columns else pd.Series([])

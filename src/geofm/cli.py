@@ -221,10 +221,7 @@ def run(
 
     cfg = build_config(config, aoi, aoi_name, out, start, end, set_, force=_flag(force),
                        executor=executor, ray_address=ray_address, model=model)
-    names = [s.strip() for s in steps.split(",")] if steps else list(pipeline.STEP_NAMES)
-    if skip_discover and "discover" in names:
-        names.remove("discover")
-    chosen = pipeline.steps_named(names)
+    chosen = pipeline.chosen_steps(steps or None, skip_discover)
     console.print("[bold]parameters[/bold]\n" + cfg.to_yaml(), highlight=False, markup=True)
     if dry_run:
         pipeline.check_inputs(cfg, chosen)

@@ -3,6 +3,9 @@ explorer and the test fixtures share."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 # Step 1's chip meta, in file order (one row per chip of a scene).
 META: tuple[str, ...] = (
     "x_dim", "y_dim", "chip_id", "date", "datetime", "aoi_name", "origin_tile", "mgrs_grid", "chip_size",
@@ -29,3 +32,12 @@ SERIES: tuple[str, ...] = (
     "cosine_sim", "patch_sim_mean", "patch_sim_p10", "patch_changed_share", "cloud_cover_perc",
     "missing_data_perc",
 )
+
+
+def series_fields(names: Iterable[str]) -> list[str]:
+    """The time-series fields among column ``names``: :data:`SERIES` in order, then the PCA components
+    (``<kind>_emb_pca_<n>``) by kind and number (``pca_2`` before ``pca_10``)."""
+    names = list(names)
+    pca = sorted((c for c in names if re.search(r"_pca_\d+$", c)),
+                 key=lambda c: (c.rsplit("_", 1)[0], int(c.rsplit("_", 1)[1])))
+    return [c for c in SERIES if c in names] + pca

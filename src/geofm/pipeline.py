@@ -47,6 +47,14 @@ def steps_named(names: Sequence[str] | None = None) -> list[Step]:
     return [s for s in STEPS if s.name in names]
 
 
+def chosen_steps(steps: str | Sequence[str] | None, skip_discover: bool = False) -> list[Step]:
+    """The steps a run asked for: a comma-separated string or names (all when None), less discover with
+    ``skip_discover``; unknown names raise naming them."""
+    names = ([s.strip() for s in steps.split(",") if s.strip()] if isinstance(steps, str)
+             else list(steps) if steps is not None else list(STEP_NAMES))
+    return steps_named([n for n in names if not (skip_discover and n == "discover")])
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and the packages whose behaviour shapes the outputs."""
     out = {"python": platform.python_version(), "platform": platform.platform()}

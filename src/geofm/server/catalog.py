@@ -12,7 +12,6 @@ neither is a miss: an AOI asked for before its step 4 ran is found as soon as it
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -267,9 +266,7 @@ class Catalog:
 
     @staticmethod
     def series_fields(df: pd.DataFrame) -> list[str]:
-        pca = sorted((c for c in df.columns if re.search(r"_pca_\d+$", c)),
-                     key=lambda c: (c.rsplit("_", 1)[0], int(c.rsplit("_", 1)[1])))
-        return [c for c in columns.SERIES if c in df.columns] + pca
+        return columns.series_fields(df.columns)
 
     def series(self, aoi: str, grid: str, chip_id: str) -> dict[str, Any]:
         """A chip's time series: dates, each numeric field, per-patch change maps, change summary."""
