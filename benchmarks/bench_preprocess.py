@@ -8,6 +8,7 @@ Scenes: ``geofm synth`` tile 33TWL, ``--dates`` scenes of ``--extent-m`` (defaul
 - step 1, all cores: step 1 (``geofm preprocess``) over all the scenes with its defaults (scene workers x
   ``chip_threads`` = the CPU count), as ``geofm preprocess`` runs it.
 - step 1, one scene: ``process_unit`` with ``chip_threads`` 1 and 2 (scaling within a scene).
+- all cores, <setting>: step 1 as above with each other ``chip_compression`` (the default: ``balanced``).
 - ``--reference``: also the reference approach of origin-notes section 2 on one scene (whole-tile read,
   resample to 10 m, reproject the stack to EPSG:4326, slice), as this benchmark measured before.
 
@@ -56,6 +57,7 @@ from geofm.steps.preprocess import Preprocess
 from geofm.synth import SynthResult, synthesize
 
 BANDS = [*sentinel2.L2A_BANDS, sentinel2.SCL_NAME]
+DEFAULT_COMPRESSION = PipelineConfig.model_fields["chip_compression"].default
 
 
 def make_scenes(root: Path, extent_m: float, n_dates: int) -> SynthResult:
@@ -216,6 +218,9 @@ def main() -> None:
             "1 scene, 2 threads": (lambda: fresh(out / "one2", size, items[:1], chip_threads=2),
                                    step1_one_scene),
         }
+        for other in (c for c in preprocess.CHIP_COMPRESSION if c != DEFAULT_COMPRESSION):
+            measures[f"all cores, {other}"] = (
+                lambda c=other: fresh(out / f"all-{c}", size, items, chip_compression=c), step1_all_cores)
         if args.reference:
             item, aoi = make_scene(root / "ref-scene", args.extent_m, 0.1)
             measures["AOI 10%: ours"] = (lambda: None, lambda _: run_ours(item, aoi, size, out / "ours"))
@@ -241,6 +246,9 @@ def main() -> None:
               f"{rate['step 1, all cores'] / cores / ceil:.3f} (target >= 0.25)")
         print(f"the same in CPU time (what it is when the step has its cores to itself): "
               f"{cpu_rate['step 1, all cores'] / cpu_rate['ceiling (1 core)']:.3f}")
+        for k in (k for k in rate if k.startswith("all cores, ")):
+            print(f"{k}: per core over the ceiling {rate[k] / cores / ceil:.3f}, in CPU time "
+                  f"{cpu_rate[k] / cpu_rate['ceiling (1 core)']:.3f}")
         print(f"one scene, per core over the ceiling: 1 thread {rate['1 scene, 1 thread'] / ceil:.3f}, "
               f"2 threads {rate['1 scene, 2 threads'] / 2 / ceil:.3f}; 2 threads / 1 thread: "
               f"{rate['1 scene, 2 threads'] / rate['1 scene, 1 thread']:.2f}x")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import typing
+import zlib
 from pathlib import Path
 
 import h5netcdf
@@ -23,6 +25,7 @@ from affine import Affine
 
 from geofm import netcdf, sentinel2
 from geofm.chips import ChipGrid
+from geofm.config import ChipCompression
 from geofm.scene import SceneReader, item_datetime
 from geofm.steps import preprocess
 
@@ -177,6 +180,58 @@ def test_complevel_0_stores_uncompressed_with_the_same_values(real_chip: xr.Data
         assert f["blue"].compression is None and not f["blue"].shuffle
     xr.testing.assert_identical(read(blob), read(preprocess.netcdf_bytes(real_chip)))
     assert len(blob) > len(preprocess.netcdf_bytes(real_chip))
+
+
+# ---- chip compression: byte planes deflated or stored ------------------------------------------------
+def _shuffled_bytes(values: np.ndarray) -> bytes:
+    """HDF5's shuffle of ``values``, written plainly: byte k of every value, k = 0, 1, ..."""
+    return np.ascontiguousarray(values).view(np.uint8).reshape(-1, values.dtype.itemsize).T.tobytes()
+
+
+@pytest.mark.parametrize("min_saving", [0.0, 0.2, 0.4, 0.99])
+@pytest.mark.parametrize(("shape", "dtype", "shuffle"), [
+    ((256, 256), np.float32, True), ((256, 256), np.float32, False), ((300, 300), np.uint16, True),
+    ((256, 256), np.uint8, True), ((100, 100), np.float64, True), ((8, 8), np.float32, True)])
+def test_deflated_chunk_is_one_standard_zlib_stream(shape: tuple[int, int], dtype: type, shuffle: bool,
+                                                      min_saving: float) -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(3000, 300, shape).astype(dtype)
+    if values.dtype.kind == "f":
+        values[:5, :5] = np.nan
+    window = np.zeros((shape[0] + 10, shape[1] + 20), dtype)
+    window[3:3 + shape[0], 7:7 + shape[1]] = values  # a strided view, as step 1 hands its windows' chips
+    chunk = netcdf.deflated_chunk(window[3:3 + shape[0], 7:7 + shape[1]], 2, shuffle, min_saving)
+    expected = _shuffled_bytes(values) if shuffle else values.tobytes()
+    assert zlib.decompress(chunk) == expected  # plain zlib (what every HDF5 reader uses) decodes it
+
+
+def test_chip_compression_keeps_every_value_and_trades_size_for_speed(tmp_path: Path) -> None:
+    """256 px chips: whole reflectance (10 m), quarters (20 m) and NaN stripes; every setting gives files
+    every reader decodes to the same values, 'fast' stores the near-noise byte planes 'small' deflates."""
+    ds = synthetic_chip(["blue", "red", "rededge1", "nir"], size=256)
+    ds["rededge1"].values[:] += (np.arange(256) % 4 / 4).astype(np.float32)  # bilinear 20 m values
+    blobs = {c: preprocess.netcdf_bytes(ds, c) for c in preprocess.CHIP_COMPRESSION}
+    reference = read(blobs["small"])
+    for name, blob in blobs.items():
+        xr.testing.assert_identical(read(blob), reference)
+        path = tmp_path / f"{name}.nc"
+        path.write_bytes(blob)
+        with xr.open_dataset(path, engine="netcdf4") as through_netcdf_c:  # netCDF-C's own reader
+            xr.testing.assert_identical(through_netcdf_c.load(), reference)
+        for band in ("blue", "rededge1"):
+            np.testing.assert_array_equal(read(blob)[band].values, ds[band].values)
+        np.testing.assert_array_equal(netcdf.read_bands(blob, ["red", "nir"], name),
+                                      np.stack([ds["red"].values, ds["nir"].values]))
+    assert len(blobs["small"]) < len(blobs["balanced"]) < len(blobs["fast"]) < len(blobs["none"])
+    assert set(typing.get_args(ChipCompression)) == set(preprocess.CHIP_COMPRESSION)  # every setting named
+    # the random DN's low bytes (shuffle plane 1 of float32) are stored as they are by 'fast', not by 'small'
+    plane = _shuffled_bytes(ds["red"].values)[65536:65536 + 4096]
+    with h5py.File(io.BytesIO(blobs["fast"]), "r") as fast, h5py.File(io.BytesIO(blobs["small"]), "r") as small:
+        assert plane in fast["red"].id.read_direct_chunk((0, 0))[1]
+        assert plane not in small["red"].id.read_direct_chunk((0, 0))[1]
+        assert fast["red"].compression == "gzip" and fast["red"].shuffle  # the same declared filters
+    with h5py.File(io.BytesIO(blobs["none"]), "r") as none:
+        assert none["red"].compression is None and none["red"].chunks is None
 
 
 # ---- bad input ------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ centres outside the coarse raster are NaN (SCL: 0).
 Arithmetic: interpolation is separable (along rows, then columns). Where the grids are nested, as
 Sentinel-2's 10/20/60 m grids are, every weight is a whole number of 1/(2 x ratio) and every partial sum
 of 16-bit DN is a whole number below 2^24, so float32 holds them exactly and the one division at the
-end rounds the exact value once: the result equals float64 interpolation rounded to float32. Other
-grids are interpolated in float64.
+end rounds the exact value once: the result equals float64 interpolation rounded to float32. Where
+that divisor is a power of two (20 m onto 10 m: 4 x 4) the weights are the fractions themselves, exact
+in binary, and nothing is left to divide. Other grids are interpolated in float64.
 
 Reads are thread-safe: each band keeps a pool of open handles (one per thread reading it at once), and
 the reader fans a window's band reads out over its own threads (many for remote hrefs, to hide each
@@ -165,11 +166,18 @@ class _Axis:
             units = 0
         return _Axis.make(lo, lo + 1, frac, units, inside, ratio, n_src)
 
+    @property
+    def divisor(self) -> int:
+        """What exact weights leave to divide by: ``units``, or 1 when it is a power of two (such weights
+        are the fractions themselves: dividing by a power of two is exact in binary floats)."""
+        return 1 if self.units & (self.units - 1) == 0 else self.units
+
     def weights(self, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(w_lo, w_hi): float32 whole numbers of 1/units when ``exact``, else float64 fractions."""
+        """(w_lo, w_hi): float32 whole numbers of 1/``divisor`` when ``exact``, else float64 fractions."""
         if exact:
-            return (np.round(self.w_lo * self.units).astype(np.float32),
-                    np.round(self.w_hi * self.units).astype(np.float32))
+            scale = self.units // self.divisor
+            return (np.round(self.w_lo * self.units).astype(np.float32) / np.float32(scale),
+                    np.round(self.w_hi * self.units).astype(np.float32) / np.float32(scale))
         return self.w_lo, self.w_hi
 
 
@@ -194,6 +202,7 @@ def _interp(z: np.ndarray, a: _Axis, axis: int, exact: bool) -> np.ndarray:
     shape = list(z.shape)
     shape[axis] = n
     out = np.empty(shape, z.dtype)
+    scratch: list[np.ndarray] = []  # two contiguous products per phase, summed into the strided phase once
     for p in range(min(a.period, n)):
         m = len(range(p, n, a.period))
         dst = out[_along(axis, slice(p, None, a.period))]
@@ -201,9 +210,15 @@ def _interp(z: np.ndarray, a: _Axis, axis: int, exact: bool) -> np.ndarray:
         if copy:
             dst[...] = src
             continue
-        np.multiply(src, w_lo[p], out=dst)
-        if w_hi[p]:
-            dst += z[_along(axis, slice(int(a.hi[p]), int(a.hi[p]) + m))] * w_hi[p]
+        if not w_hi[p]:
+            np.multiply(src, w_lo[p], out=dst)
+            continue
+        if not scratch or scratch[0].shape != dst.shape:
+            scratch[:] = [np.empty(dst.shape, z.dtype), np.empty(dst.shape, z.dtype)]
+        lo, hi = scratch
+        np.multiply(src, w_lo[p], out=lo)
+        np.multiply(z[_along(axis, slice(int(a.hi[p]), int(a.hi[p]) + m))], w_hi[p], out=hi)
+        np.add(lo, hi, out=dst)
     return out
 
 
@@ -334,11 +349,14 @@ class BandSource:
             vals[~valid] = 0
         num = _separable(vals, ay, ax, exact)
         if exact and all_valid:
-            den: np.ndarray | np.float32 = np.float32(ay.units * ax.units)
+            den: np.ndarray | np.float32 = np.float32(ay.divisor * ax.divisor)
         else:
             den = _separable(valid.astype(vals.dtype), ay, ax, exact)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.divide(num, den).astype(np.float32, copy=False)
+        if isinstance(den, np.float32) and den == 1:  # nested grids 2x (20 m): the sums are the values
+            out = num.astype(np.float32, copy=False)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.divide(num, den).astype(np.float32, copy=False)
         if not (exact and all_valid):
             out[den <= 0] = np.nan
         out[~ay.inside, :] = np.nan

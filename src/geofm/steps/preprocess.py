@@ -23,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 from geofm import cf, chipping, columns, geoparquet, netcdf, sentinel2, storage, thumbnails
 from geofm.aoi import aoi_identity, load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
-from geofm.config import PipelineConfig
+from geofm.config import ChipCompression, PipelineConfig
 from geofm.digest import digest_bytes
 from geofm.errors import SceneError
 from geofm.scene import SceneReader, item_datetime, load_item
@@ -32,6 +32,11 @@ from geofm.steps.base import Step, UnitOutput
 NETCDF_ENGINE = "h5netcdf"  # the engine that reads the chips back
 # ISA-L deflate level (geofm.netcdf) with the shuffle filter: smaller and ~6x faster than zlib level 1
 NETCDF_COMPLEVEL = 2
+# chip_compression -> (ISA-L level, the least share deflate must save on a byte plane, else it is stored:
+# geofm.netcdf.deflated_chunk); "none": no filters, the values as they are (xarray's default encoding)
+CHIP_COMPRESSION: dict[ChipCompression, tuple[int, float]] = {
+    "small": (NETCDF_COMPLEVEL, 0.0), "balanced": (NETCDF_COMPLEVEL, 0.2), "fast": (NETCDF_COMPLEVEL, 0.4),
+    "none": (0, 0.0)}
 log = logging.getLogger(__name__)
 
 def _aoi(cfg: PipelineConfig) -> BaseGeometry | None:
@@ -61,7 +66,8 @@ def missing_share(bands: list[np.ndarray]) -> float:
 
 # ---- the chip NetCDF ------------------------------------------------------------------------------
 def chip_netcdf(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
-                attrs: dict[str, Any], when: pd.Timestamp) -> bytes:
+                attrs: dict[str, Any], when: pd.Timestamp, compression: ChipCompression = "balanced"
+                ) -> bytes:
     """The chip datacube of docs/formats.md (CF-1.10 attributes from :mod:`geofm.cf`) as NetCDF-4 bytes,
     written straight from the arrays: the same file as ``netcdf_bytes(chip_dataset(...))``
     (tests/steps/test_chip_engine.py), without building a Dataset."""
@@ -84,7 +90,9 @@ def chip_netcdf(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, c
     grid_mapping = {**_grid_mapping(grid.crs), "GeoTransform": geo, **cf.grid_mapping_attrs()}
     variables[cf.GRID_MAPPING] = netcdf.Variable((), np.int64(0), grid_mapping)
     global_attrs = {**cf.global_attrs(str(attrs.get("scene_id")), str(attrs.get("chip_id"))), **attrs}
-    return netcdf.arrays_bytes(variables, global_attrs, complevel=NETCDF_COMPLEVEL, shuffle=True)
+    complevel, min_saving = CHIP_COMPRESSION[compression]
+    return netcdf.arrays_bytes(variables, global_attrs, complevel=complevel, shuffle=True,
+                               min_saving=min_saving)
 
 
 def chip_dataset(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
@@ -132,10 +140,11 @@ def _cf_attrs(ds: xr.Dataset, bands: list[str]) -> None:
     ds[cf.GRID_MAPPING].attrs.update(cf.grid_mapping_attrs())
 
 
-def netcdf_bytes(ds: xr.Dataset) -> bytes:
+def netcdf_bytes(ds: xr.Dataset, compression: ChipCompression = "balanced") -> bytes:
     """The chip as NetCDF-4 bytes, written with h5py + ISA-L (:mod:`geofm.netcdf`, ~5x faster than xarray's
     ``to_netcdf``); read back with ``xr.open_dataset(..., engine="h5netcdf")`` it is the same dataset."""
-    return netcdf.dataset_bytes(ds, complevel=NETCDF_COMPLEVEL, shuffle=True)
+    complevel, min_saving = CHIP_COMPRESSION[compression]
+    return netcdf.dataset_bytes(ds, complevel=complevel, shuffle=True, min_saving=min_saving)
 
 
 # ---- meta ---------------------------------------------------------------------------------------
@@ -200,7 +209,7 @@ def _write_chip(cfg: PipelineConfig, scene_id: str, grid_code: str, grid: ChipGr
     }
     nc_url = layout.raw_chip(scene_id, size, chip.x_dim, chip.y_dim)
     png_url = layout.rgb_thumbnail(scene_id, size, chip.x_dim, chip.y_dim)
-    storage.write_bytes(nc_url, chip_netcdf(data, bands, grid, chip, attrs, when))
+    storage.write_bytes(nc_url, chip_netcdf(data, bands, grid, chip, attrs, when, cfg.chip_compression))
     storage.write_bytes(png_url, thumbnails.rgb_png(*(data[b] for b in sentinel2.RGB_BANDS)))
     minx, miny, maxx, maxy = chip.bounds
     return {
@@ -219,6 +228,7 @@ class Preprocess(Step):
     """Step 1 over the scenes of the input layout (see the module doc)."""
 
     name: ClassVar[str] = "preprocess"
+    # chip_compression is not among them: it changes how chips are stored, never their values
     params: ClassVar[tuple[str, ...]] = ("processing_level", "s2_bands", "chip_size", "whole_tile")
 
     def check(self, cfg: PipelineConfig) -> None:
