@@ -137,14 +137,15 @@ def inject_fault(step: str, unit: str, point: str) -> None:
         raise InjectedFault(f"injected fault ({FAULTS_ENV}) in {step} {unit} {point} its work")
 
 
-def run(lay: Layout, step: str, unit: str, fp: str, work: Callable[[], Any], force: bool = False
-        ) -> tuple[Literal["done", "skipped"], dict[str, Any]]:
-    """Skip ``unit`` when its marker matches ``fp``, it completed and its outputs exist; else run
-    ``work()`` (which returns a :class:`~geofm.steps.base.UnitOutput`), remove the previous run's outputs
-    it no longer writes, and write the marker last."""
+def run(lay: Layout, step: str, unit: str, fp: str, work: Callable[[], Any], force: bool = False,
+        intact: Callable[[Marker], bool] | None = None) -> tuple[Literal["done", "skipped"], dict[str, Any]]:
+    """Skip ``unit`` when its marker matches ``fp``, it completed and its outputs exist (and, when given,
+    ``intact(marker)`` says they still hold what it recorded); else run ``work()`` (which returns a
+    :class:`~geofm.steps.base.UnitOutput`), remove the previous run's outputs it no longer writes, and
+    write the marker last."""
     old = read(lay, step, unit)
     if (not force and old is not None and old.complete and old.fingerprint == fp
-            and storage.all_exist(old.outputs)):
+            and storage.all_exist(old.outputs) and (intact is None or intact(old))):
         return "skipped", old.info
     inject_fault(step, unit, "before")
     out = work()

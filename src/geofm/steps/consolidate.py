@@ -370,11 +370,12 @@ class Consolidate(Step):
         def load() -> UnitOutput:
             return UnitOutput([table_dir], load_vector_db(cfg, grids))
 
-        try:  # the table's "outputs exist": it still holds the rows loaded last (nobody deleted some)
-            done = markers.read(lay, self.name, VECTOR_DB_UNIT)
-            intact = done is not None and vectordb.table_rows(lay.lance_db) == done.info.get("rows")
-            status, info = markers.run(lay, self.name, VECTOR_DB_UNIT, fp, load,
-                                       force=cfg.force or not intact)
+        def intact(done: markers.Marker) -> bool:  # the table still holds the rows loaded last
+            return vectordb.table_rows(lay.lance_db) == done.info.get("rows")
+
+        try:
+            status, info = markers.run(lay, self.name, VECTOR_DB_UNIT, fp, load, force=cfg.force,
+                                       intact=intact)
         except Exception as exc:  # recorded like a failed unit; the files above stay
             return [UnitResult(VECTOR_DB_UNIT, "failed", error=f"{type(exc).__name__}: {exc}")]
         return [UnitResult(VECTOR_DB_UNIT, status, info=info)]
