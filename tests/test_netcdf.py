@@ -218,6 +218,8 @@ def test_chip_compression_keeps_every_value_and_trades_size_for_speed(tmp_path: 
         path.write_bytes(blob)
         with xr.open_dataset(path, engine="netcdf4") as through_netcdf_c:  # netCDF-C's own reader
             xr.testing.assert_identical(through_netcdf_c.load(), reference)
+        with rioxarray.open_rasterio(path, variable="red", masked=True) as gdal_ds:  # GDAL's
+            np.testing.assert_array_equal(gdal_ds["red"].values[0], ds["red"].values)
         for band in ("blue", "rededge1"):
             np.testing.assert_array_equal(read(blob)[band].values, ds[band].values)
         np.testing.assert_array_equal(netcdf.read_bands(blob, ["red", "nir"], name),
