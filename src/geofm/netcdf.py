@@ -22,7 +22,8 @@ encodings (fill values, decoded times):
   a scalar); every reader gets the same values as from h5netcdf's file;
 - n-D variables (not the dimension coordinates) are stored as ONE chunk each, shuffled and deflated
   here (numpy byte shuffle + ISA-L's zlib-compatible deflate, several times faster than zlib at a
-  similar ratio) and written with ``write_direct_chunk``: the file declares the standard HDF5 shuffle +
+  similar ratio; byte plane by byte plane, near-noise planes optionally stored: :func:`deflated_chunk`)
+  and written with ``write_direct_chunk``: the file declares the standard HDF5 shuffle +
   deflate filters, so every HDF5/netCDF reader (h5py, netCDF-C, GDAL) decodes it with plain zlib. One
   chunk per variable also compresses better than h5py's small chunk guess (what h5netcdf used) and
   reads whole arrays (what steps 2+ do) in one go. Scalars and dimension coordinates are contiguous,
