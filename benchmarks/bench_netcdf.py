@@ -42,7 +42,7 @@ def xarray_bytes(ds: xr.Dataset) -> bytes:
     return bytes(ds.to_netcdf(engine=preprocess.NETCDF_ENGINE, encoding=encoding))
 
 
-OURS = "ours, balanced"  # the default chip_compression
+OURS = "ours, deflate"  # the default chip_compression
 WRITERS: dict[str, Writer] = {"xarray (before)": xarray_bytes,
                               **{f"ours, {c}": functools.partial(preprocess.netcdf_bytes, compression=c)
                                  for c in preprocess.CHIP_COMPRESSION}}

@@ -8,7 +8,7 @@ Scenes: ``geofm synth`` tile 33TWL, ``--dates`` scenes of ``--extent-m`` (defaul
 - step 1, all cores: step 1 (``geofm preprocess``) over all the scenes with its defaults (scene workers x
   ``chip_threads`` = the CPU count), as ``geofm preprocess`` runs it.
 - step 1, one scene: ``process_unit`` with ``chip_threads`` 1 and 2 (scaling within a scene).
-- all cores, <setting>: step 1 as above with each other ``chip_compression`` (the default: ``balanced``).
+- all cores, <setting>: step 1 as above with each other ``chip_compression`` (the default: ``deflate``).
 - ``--reference``: also the reference approach of origin-notes section 2 on one scene (whole-tile read,
   resample to 10 m, reproject the stack to EPSG:4326, slice), as this benchmark measured before.
 

@@ -207,11 +207,11 @@ def test_deflated_chunk_is_one_standard_zlib_stream(shape: tuple[int, int], dtyp
 
 def test_chip_compression_keeps_every_value_and_trades_size_for_speed(tmp_path: Path) -> None:
     """256 px chips: whole reflectance (10 m), quarters (20 m) and NaN stripes; every setting gives files
-    every reader decodes to the same values, 'fast' stores the near-noise byte planes 'small' deflates."""
+    every reader decodes to the same values, 'fast' stores the near-noise byte planes 'deflate' deflates."""
     ds = synthetic_chip(["blue", "red", "rededge1", "nir"], size=256)
     ds["rededge1"].values[:] += (np.arange(256) % 4 / 4).astype(np.float32)  # bilinear 20 m values
     blobs = {c: preprocess.netcdf_bytes(ds, c) for c in preprocess.CHIP_COMPRESSION}
-    reference = read(blobs["small"])
+    reference = read(blobs["deflate"])
     for name, blob in blobs.items():
         xr.testing.assert_identical(read(blob), reference)
         path = tmp_path / f"{name}.nc"
@@ -224,11 +224,11 @@ def test_chip_compression_keeps_every_value_and_trades_size_for_speed(tmp_path: 
             np.testing.assert_array_equal(read(blob)[band].values, ds[band].values)
         np.testing.assert_array_equal(netcdf.read_bands(blob, ["red", "nir"], name),
                                       np.stack([ds["red"].values, ds["nir"].values]))
-    assert len(blobs["small"]) < len(blobs["balanced"]) < len(blobs["fast"]) < len(blobs["none"])
+    assert len(blobs["deflate"]) < len(blobs["fast"]) < len(blobs["none"])
     assert set(typing.get_args(ChipCompression)) == set(preprocess.CHIP_COMPRESSION)  # every setting named
-    # the random DN's low bytes (shuffle plane 1 of float32) are stored as they are by 'fast', not by 'small'
+    # the random DN's low bytes (shuffle plane 1 of float32) are stored as they are by 'fast', not by 'deflate'
     plane = _shuffled_bytes(ds["red"].values)[65536:65536 + 4096]
-    with h5py.File(io.BytesIO(blobs["fast"]), "r") as fast, h5py.File(io.BytesIO(blobs["small"]), "r") as small:
+    with h5py.File(io.BytesIO(blobs["fast"]), "r") as fast, h5py.File(io.BytesIO(blobs["deflate"]), "r") as small:
         assert plane in fast["red"].id.read_direct_chunk((0, 0))[1]
         assert plane not in small["red"].id.read_direct_chunk((0, 0))[1]
         assert fast["red"].compression == "gzip" and fast["red"].shuffle  # the same declared filters

@@ -22,7 +22,7 @@ encodings (fill values, decoded times):
   a scalar); every reader gets the same values as from h5netcdf's file;
 - n-D variables (not the dimension coordinates) are stored as ONE chunk each, shuffled and deflated
   here (numpy byte shuffle + ISA-L's zlib-compatible deflate, several times faster than zlib at a
-  similar ratio; byte plane by byte plane, near-noise planes optionally stored: :func:`deflated_chunk`)
+  similar ratio; optionally byte plane by byte plane, near-noise planes stored: :func:`deflated_chunk`)
   and written with ``write_direct_chunk``: the file declares the standard HDF5 shuffle +
   deflate filters, so every HDF5/netCDF reader (h5py, netCDF-C, GDAL) decodes it with plain zlib. One
   chunk per variable also compresses better than h5py's small chunk guess (what h5netcdf used) and
@@ -481,15 +481,19 @@ def deflated_chunk(values: np.ndarray, complevel: int, shuffle: bool, min_saving
     """``values`` as one HDF5 chunk through the shuffle (optional) and deflate filters, in that order:
     one zlib stream, decoded by any reader.
 
-    Shuffled values are deflated a byte plane at a time (plane k: byte k of every value), each plane a
-    segment of its own (history reset between them, so a plane may be stored as it is): a plane gets
-    Huffman codes of its own, which makes the stream smaller than deflating the planes as one. With
-    ``min_saving`` > 0 a plane that a probe of :data:`PROBE_BYTES` from its middle shows deflate would
-    shrink by less than that share is stored: the low mantissa bytes of float reflectance are close to
-    noise, which costs deflate the most time (ISA-L ~0.4 GB/s there, 2 GB/s on the other planes) for
-    the least gain."""
+    ``min_saving`` 0: the (shuffled) values deflated in one go. With ``min_saving`` > 0 they are
+    deflated a byte plane at a time (plane k: byte k of every value), each plane a segment of its own
+    (history reset between them), and a plane that a probe of :data:`PROBE_BYTES` from its middle shows
+    deflate would shrink by less than that share is stored as it is: the low mantissa bytes of float
+    reflectance are close to noise, which costs deflate the most time (ISA-L ~0.35 GB/s there, ~2 GB/s
+    on the other planes) for the least gain. That path streams through one ISA-L compressor, whose
+    output is not the same from run to run (ISA-L does not promise it: intel/isa-l#140); the values
+    always are."""
     size = values.dtype.itemsize
-    if not (shuffle and size > 1):
+    shuffled = shuffle and size > 1
+    if min_saving <= 0:
+        return isal_zlib.compress(_shuffled(values) if shuffled else np.ascontiguousarray(values), complevel)
+    if not shuffled:
         return _plane_stream([np.ascontiguousarray(values).reshape(-1).view(np.uint8)], complevel, min_saving)
     return _plane_stream(list(_shuffled(values)), complevel, min_saving)
 
