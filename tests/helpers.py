@@ -207,3 +207,41 @@ def official_layout_checkpoint(path: Path, model: torch.nn.Module) -> Path:
     torch.save({"state_dict": state, "hyper_parameters": {"mask_ratio": 0.75, "shuffle": True},
                 "epoch": 3}, path)
     return path
+
+
+# ---- comparing written files ------------------------------------------------------------------------------
+# ISA-L's deflate output is not the same from run to run for the same input (intel/isa-l#140: its work
+# buffers are not initialised), so chip files and thumbnails are compared as readers see them.
+def hdf5_content(data: bytes) -> list[Any]:
+    """A NetCDF/HDF5 file as readers see it: every object's attributes (in order) and every dataset's type,
+    shape, storage (chunks, filters, fill value) and decoded values, bit for bit (NaN payloads, -0.0)."""
+    import h5py
+
+    def attr(f: h5py.File, value: Any) -> Any:
+        if isinstance(value, h5py.Reference):
+            return ("ref", f[value].name)
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "OV":
+                return (value.dtype.str, [attr(f, v) for v in value.ravel().tolist()])
+            return (value.dtype.str, value.shape, value.tobytes())
+        if isinstance(value, tuple | list):  # compound members (a dimension scale's references)
+            return [attr(f, v) for v in value]
+        return (type(value).__name__, value)
+
+    out: list[Any] = []
+    with h5py.File(io.BytesIO(data), "r") as f:
+        out.append(("/", [(k, attr(f, v)) for k, v in f.attrs.items()]))
+        for name, ds in f.items():
+            plist = ds.id.get_create_plist()
+            filters = [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]
+            out.append((name, ds.dtype.str, ds.shape, ds.chunks, filters, np.asarray(ds[()]).tobytes(),
+                        [(k, attr(f, v)) for k, v in ds.attrs.items()]))
+    return out
+
+
+def png_content(data: bytes) -> tuple[str, tuple[int, int], bytes]:
+    """A PNG as readers see it: mode, size and pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.mode, img.size, np.asarray(img).tobytes()

@@ -486,9 +486,8 @@ def deflated_chunk(values: np.ndarray, complevel: int, shuffle: bool, min_saving
     (history reset between them), and a plane that a probe of :data:`PROBE_BYTES` from its middle shows
     deflate would shrink by less than that share is stored as it is: the low mantissa bytes of float
     reflectance are close to noise, which costs deflate the most time (ISA-L ~0.35 GB/s there, ~2 GB/s
-    on the other planes) for the least gain. That path streams through one ISA-L compressor, whose
-    output is not the same from run to run (ISA-L does not promise it: intel/isa-l#140); the values
-    always are."""
+    on the other planes) for the least gain. Either way the compressed bytes can differ from run to run
+    for the same values (ISA-L does not initialise its work buffers: intel/isa-l#140)."""
     size = values.dtype.itemsize
     shuffled = shuffle and size > 1
     if min_saving <= 0:
