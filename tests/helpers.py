@@ -7,6 +7,7 @@ functions: where the repository and the shared data are, running steps through t
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from geofm import storage, vectordb
+from geofm import netcdf, storage, vectordb
 from geofm.config import PipelineConfig
 from geofm.layout import Layout
 from geofm.pipeline import RunRecord, run_pipeline
@@ -136,7 +137,9 @@ def file_content(url: str, root: str) -> Any:
         return obj
     if url.endswith(".txt"):
         return data.decode()
-    return data  # png and others: bytes
+    if url.endswith(".png"):
+        return png_content(data)
+    return data
 
 
 def assert_equal_content(a: Any, b: Any, what: str) -> None:
@@ -212,31 +215,7 @@ def official_layout_checkpoint(path: Path, model: torch.nn.Module) -> Path:
 # ---- comparing written files ------------------------------------------------------------------------------
 # ISA-L's deflate output is not the same from run to run for the same input (intel/isa-l#140: its work
 # buffers are not initialised), so chip files and thumbnails are compared as readers see them.
-def hdf5_content(data: bytes) -> list[Any]:
-    """A NetCDF/HDF5 file as readers see it: every object's attributes (in order) and every dataset's type,
-    shape, storage (chunks, filters, fill value) and decoded values, bit for bit (NaN payloads, -0.0)."""
-    import h5py
-
-    def attr(f: h5py.File, value: Any) -> Any:
-        if isinstance(value, h5py.Reference):
-            return ("ref", f[value].name)
-        if isinstance(value, np.ndarray):
-            if value.dtype.kind in "OV":
-                return (value.dtype.str, [attr(f, v) for v in value.ravel().tolist()])
-            return (value.dtype.str, value.shape, value.tobytes())
-        if isinstance(value, tuple | list):  # compound members (a dimension scale's references)
-            return [attr(f, v) for v in value]
-        return (type(value).__name__, value)
-
-    out: list[Any] = []
-    with h5py.File(io.BytesIO(data), "r") as f:
-        out.append(("/", [(k, attr(f, v)) for k, v in f.attrs.items()]))
-        for name, ds in f.items():
-            plist = ds.id.get_create_plist()
-            filters = [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]
-            out.append((name, ds.dtype.str, ds.shape, ds.chunks, filters, np.asarray(ds[()]).tobytes(),
-                        [(k, attr(f, v)) for k, v in ds.attrs.items()]))
-    return out
+hdf5_content = functools.partial(netcdf.stored_content, decoded=True)
 
 
 def png_content(data: bytes) -> tuple[str, tuple[int, int], bytes]:

@@ -259,7 +259,7 @@ def _new_template(prepared: list[_Prepared], global_attrs: dict[str, Any], dims:
     image = _h5py_bytes(stand_in, global_attrs, dims, complevel, shuffle)
     try:
         template = _template(image, stand_in, global_attrs)
-        ok = _content(_stamp(template, prepared, global_attrs)) == _content(
+        ok = stored_content(_stamp(template, prepared, global_attrs)) == stored_content(
             _h5py_bytes(prepared, global_attrs, dims, complevel, shuffle))
     except Exception:  # a layout this code does not know, whatever the error: HDF5 writes such chips
         return None
@@ -362,18 +362,21 @@ def _put_attrs(out: bytearray, slots: tuple[tuple[str, hdf5_layout.AttrValue], .
             dirty.add(slot.block)
 
 
-def _content(data: bytes) -> list[Any]:
+def stored_content(data: bytes, decoded: bool = False) -> list[Any]:
     """What a reader of the file gets, for comparing two files: every object's attributes (in order) and
-    every dataset's type, shape, storage (chunks, filters, fill value) and stored bytes."""
+    every dataset's type, shape, storage (chunks, filters, fill value) and stored bytes, or with
+    ``decoded`` its values through the filters (ISA-L deflates equal values to bytes that can differ
+    from run to run)."""
     out: list[Any] = []
     with h5py.File(io.BytesIO(data), "r") as f:
         out.append(("/", [(k, _attr_content(f, v)) for k, v in f.attrs.items()]))
         for name, ds in f.items():
             plist = ds.id.get_create_plist()
             filters = [plist.get_filter(i)[:3] for i in range(plist.get_nfilters())]
-            raw = ds.id.read_direct_chunk((0,) * ds.ndim) if ds.chunks else ds[()].tobytes()
+            stored = (np.asarray(ds[()]).tobytes() if decoded or not ds.chunks
+                      else ds.id.read_direct_chunk((0,) * ds.ndim))
             out.append((name, ds.dtype.str, ds.shape, ds.chunks, filters, np.asarray(ds.fillvalue).tobytes(),
-                        raw, [(k, _attr_content(f, v)) for k, v in ds.attrs.items()]))
+                        stored, [(k, _attr_content(f, v)) for k, v in ds.attrs.items()]))
     return out
 
 
@@ -524,7 +527,7 @@ def _plane_stream(planes: list[np.ndarray], complevel: int, min_saving: float) -
 
 def _store(plane: np.ndarray, complevel: int, min_saving: float) -> bool:
     """Whether deflate would shrink ``plane`` by less than ``min_saving``, judged on a probe."""
-    if min_saving <= 0 or plane.size < 4 * PROBE_BYTES:
+    if plane.size < 4 * PROBE_BYTES:
         return False
     mid = (plane.size - PROBE_BYTES) // 2
     probe = igzip_lib.compress(plane[mid:mid + PROBE_BYTES], complevel, igzip_lib.COMP_DEFLATE)

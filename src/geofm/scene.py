@@ -202,7 +202,6 @@ def _interp(z: np.ndarray, a: _Axis, axis: int, exact: bool) -> np.ndarray:
     shape = list(z.shape)
     shape[axis] = n
     out = np.empty(shape, z.dtype)
-    scratch: list[np.ndarray] = []  # two contiguous products per phase, summed into the strided phase once
     for p in range(min(a.period, n)):
         m = len(range(p, n, a.period))
         dst = out[_along(axis, slice(p, None, a.period))]
@@ -210,15 +209,9 @@ def _interp(z: np.ndarray, a: _Axis, axis: int, exact: bool) -> np.ndarray:
         if copy:
             dst[...] = src
             continue
-        if not w_hi[p]:
-            np.multiply(src, w_lo[p], out=dst)
-            continue
-        if not scratch or scratch[0].shape != dst.shape:
-            scratch[:] = [np.empty(dst.shape, z.dtype), np.empty(dst.shape, z.dtype)]
-        lo, hi = scratch
-        np.multiply(src, w_lo[p], out=lo)
-        np.multiply(z[_along(axis, slice(int(a.hi[p]), int(a.hi[p]) + m))], w_hi[p], out=hi)
-        np.add(lo, hi, out=dst)
+        np.multiply(src, w_lo[p], out=dst)
+        if w_hi[p]:
+            dst += z[_along(axis, slice(int(a.hi[p]), int(a.hi[p]) + m))] * w_hi[p]
     return out
 
 
@@ -352,7 +345,7 @@ class BandSource:
             den: np.ndarray | np.float32 = np.float32(ay.divisor * ax.divisor)
         else:
             den = _separable(valid.astype(vals.dtype), ay, ax, exact)
-        if isinstance(den, np.float32) and den == 1:  # nested grids 2x (20 m): the sums are the values
+        if exact and all_valid and den == 1:  # 20 m onto 10 m: the weighted sums are the values
             out = num.astype(np.float32, copy=False)
         else:
             with np.errstate(invalid="ignore", divide="ignore"):
