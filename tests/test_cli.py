@@ -47,3 +47,11 @@ def test_bad_parameter_is_a_clear_error(tmp_path):
     assert result.exit_code == 2
     result = runner.invoke(app, ["config", "--set", "no_such=1"])
     assert result.exit_code == 2 and "unknown parameter 'no_such'" in result.output
+
+
+def test_chip_compression_is_set_by_name_and_an_unknown_one_is_refused():
+    result = runner.invoke(app, ["config", "--set", "chip_compression=fast"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["chip_compression"] == "fast"
+    result = runner.invoke(app, ["config", "--set", "chip_compression=zstd"])
+    assert result.exit_code == 2 and "chip_compression" in result.output
