@@ -15,7 +15,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from fixtures.raster_reference import bilinear_reference
-from geofm import chipping, sentinel2
+from geofm import chipping, scene, sentinel2
 from geofm.chips import ChipGrid
 from geofm.scene import SceneReader
 from geofm.steps import preprocess
@@ -48,18 +48,22 @@ def test_chip_file_is_byte_identical_to_the_xarray_built_one() -> None:
     assert hdf5_content(preprocess.chip_netcdf(other, ALL_BANDS, grid, chip, attrs, when)) != hdf5_content(ours)
 
 
-def test_coarse_bands_are_exact_bilinear_interpolation(synth_scenes: SynthResult) -> None:
+@pytest.mark.parametrize("strip_rows", [scene.STRIP_ROWS, 5])
+def test_coarse_bands_are_exact_bilinear_interpolation(synth_scenes: SynthResult, strip_rows: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """20 and 60 m bands in float32 equal float64 bilinear interpolation (scipy) rounded once, bit for bit,
-    wherever no neighbour is nodata; 10 m bands are the COG's DN."""
-    scene = synth_scenes.scene_ids[2]
-    with reader(synth_scenes, scene) as r:
+    wherever no neighbour is nodata; 10 m bands are the COG's DN. Whatever the strips of rows a window
+    is interpolated in."""
+    monkeypatch.setattr(scene, "STRIP_ROWS", strip_rows)
+    scene_id = synth_scenes.scene_ids[2]
+    with reader(synth_scenes, scene_id) as r:
         grid = r.grid(64)
         window = Window(64, 0, 192, 256)  # three chips wide, the whole height: raster edges included
         data = r.read_window(grid, window)
     t = grid.transform
     xs = t.c + (64 + np.arange(192) + 0.5) * t.a
     ys = t.f + (np.arange(256) + 0.5) * t.e
-    item = synth_scenes.item(scene)
+    item = synth_scenes.item(scene_id)
     compared = 0
     for name in ("rededge1", "swir22", "coastal", "nir09"):
         expected = bilinear_reference(item["assets"][name]["href"], xs, ys).astype(np.float32)
@@ -72,15 +76,19 @@ def test_coarse_bands_are_exact_bilinear_interpolation(synth_scenes: SynthResult
     np.testing.assert_array_equal(np.nan_to_num(data["blue"]), blue.astype(np.float32))
 
 
-def test_windows_and_threads_give_the_chips_of_single_chip_reads(synth_scenes: SynthResult) -> None:
-    scene = synth_scenes.scene_ids[1]
-    with reader(synth_scenes, scene) as r:
+def test_windows_and_threads_give_the_chips_of_single_chip_reads(synth_scenes: SynthResult,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows of 1, 4 and all chips, on 1-3 threads, interpolated in strips of rows or not: every chip's
+    pixels are those of reading the chip alone (nodata edge and raster edges included)."""
+    scene_id = synth_scenes.scene_ids[1]
+    with reader(synth_scenes, scene_id) as r:
         grid = r.grid(64)
         chips = list(grid.all_chips())
         one_by_one = {c.chip_id: r.read_chip(grid, c) for c in chips}
     switch_interval = sys.getswitchinterval()
-    for threads, window_px in ((1, 64), (3, 128), (2, 1024)):
-        with reader(synth_scenes, scene, threads=threads) as r:
+    for threads, window_px, strip_rows in ((1, 64, 256), (3, 128, 256), (2, 1024, 256), (2, 1024, 50)):
+        monkeypatch.setattr(scene, "STRIP_ROWS", strip_rows)
+        with reader(synth_scenes, scene_id, threads=threads) as r:
             got = chipping.chip_scene(r, r.grid(64), chips, lambda c, d: (c.chip_id, {k: v.copy()
                                                                                       for k, v in d.items()}),
                                       threads=threads, window_px=window_px)
@@ -112,13 +120,13 @@ def test_chip_threads_share_the_cores() -> None:
 
 
 def test_an_error_in_one_chip_stops_the_scene_and_is_raised(synth_scenes: SynthResult) -> None:
-    scene = synth_scenes.scene_ids[0]
+    scene_id = synth_scenes.scene_ids[0]
 
     def make(chip: Any, data: dict[str, np.ndarray]) -> str:
         if chip.chip_id == "2_1":
             raise OSError("disk full")
         return chip.chip_id
 
-    with reader(synth_scenes, scene, threads=2) as r, pytest.raises(OSError, match="disk full"):
+    with reader(synth_scenes, scene_id, threads=2) as r, pytest.raises(OSError, match="disk full"):
         grid = r.grid(64)
         chipping.chip_scene(r, grid, list(grid.all_chips()), make, threads=2, window_px=64)

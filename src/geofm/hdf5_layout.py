@@ -110,41 +110,39 @@ def _attribute(data: bytes | bytearray, body: int, size: int) -> tuple[str, tupl
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
-    """HDF5's metadata checksum: Bob Jenkins' lookup3 ``hashlittle`` with initial value 0."""
+    """HDF5's metadata checksum: Bob Jenkins' lookup3 ``hashlittle`` with initial value 0 (rotations
+    written out: ~1.3x the speed with a function call each; stamping a chip checksums ~3 KB)."""
     n = len(data)
-    a = b = c = (0xDEADBEEF + n) & _MASK
+    m = _MASK
+    a = b = c = (0xDEADBEEF + n) & m
     if n == 0:
         return c
     padded = bytes(data) + b"\0" * (-n % 12)
     words = np.frombuffer(padded, "<u4").tolist()
     last = len(words) - 3
-    for i in range(0, last, 3):
-        a = (a + words[i]) & _MASK
-        b = (b + words[i + 1]) & _MASK
-        c = (c + words[i + 2]) & _MASK
-        a = ((a - c) ^ _rot(c, 4)) & _MASK
-        c = (c + b) & _MASK
-        b = ((b - a) ^ _rot(a, 6)) & _MASK
-        a = (a + c) & _MASK
-        c = ((c - b) ^ _rot(b, 8)) & _MASK
-        b = (b + a) & _MASK
-        a = ((a - c) ^ _rot(c, 16)) & _MASK
-        c = (c + b) & _MASK
-        b = ((b - a) ^ _rot(a, 19)) & _MASK
-        a = (a + c) & _MASK
-        c = ((c - b) ^ _rot(b, 4)) & _MASK
-        b = (b + a) & _MASK
-    a = (a + words[last]) & _MASK
-    b = (b + words[last + 1]) & _MASK
-    c = (c + words[last + 2]) & _MASK
-    c = ((c ^ b) - _rot(b, 14)) & _MASK
-    a = ((a ^ c) - _rot(c, 11)) & _MASK
-    b = ((b ^ a) - _rot(a, 25)) & _MASK
-    c = ((c ^ b) - _rot(b, 16)) & _MASK
-    a = ((a ^ c) - _rot(c, 4)) & _MASK
-    b = ((b ^ a) - _rot(a, 14)) & _MASK
-    return ((c ^ b) - _rot(b, 24)) & _MASK
-
-
-def _rot(x: int, k: int) -> int:
-    return ((x << k) | (x >> (32 - k))) & _MASK
+    for i in range(0, last, 3):  # mix
+        a = (a + words[i]) & m
+        b = (b + words[i + 1]) & m
+        c = (c + words[i + 2]) & m
+        a = ((a - c) & m) ^ (((c << 4) | (c >> 28)) & m)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ (((a << 6) | (a >> 26)) & m)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ (((b << 8) | (b >> 24)) & m)
+        b = (b + a) & m
+        a = ((a - c) & m) ^ (((c << 16) | (c >> 16)) & m)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ (((a << 19) | (a >> 13)) & m)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ (((b << 4) | (b >> 28)) & m)
+        b = (b + a) & m
+    a = (a + words[last]) & m  # final
+    b = (b + words[last + 1]) & m
+    c = (c + words[last + 2]) & m
+    c = ((c ^ b) - (((b << 14) | (b >> 18)) & m)) & m
+    a = ((a ^ c) - (((c << 11) | (c >> 21)) & m)) & m
+    b = ((b ^ a) - (((a << 25) | (a >> 7)) & m)) & m
+    c = ((c ^ b) - (((b << 16) | (b >> 16)) & m)) & m
+    a = ((a ^ c) - (((c << 4) | (c >> 28)) & m)) & m
+    b = ((b ^ a) - (((a << 14) | (a >> 18)) & m)) & m
+    return ((c ^ b) - (((b << 24) | (b >> 8)) & m)) & m
