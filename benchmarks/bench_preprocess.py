@@ -9,6 +9,8 @@ Scenes: ``geofm synth`` tile 33TWL, ``--dates`` scenes of ``--extent-m`` (defaul
   ``chip_threads`` = the CPU count), as ``geofm preprocess`` runs it.
 - step 1, one scene: ``process_unit`` with ``chip_threads`` 1 and 2 (scaling within a scene).
 - all cores, <setting>: step 1 as above with each other ``chip_compression`` (the default: ``deflate``).
+- ``--one-strip``: also step 1 with each window's coarse bands interpolated in one go (the baseline of
+  ``geofm.scene.STRIP_ROWS``: strips of rows that stay in the cache).
 - ``--reference``: also the reference approach of origin-notes section 2 on one scene (whole-tile read,
   resample to 10 m, reproject the stack to EPSG:4326, slice), as this benchmark measured before.
 
@@ -30,6 +32,7 @@ import os
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,7 +51,7 @@ from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
 from _machine import machine
-from geofm import sentinel2
+from geofm import scene, sentinel2
 from geofm.aoi import load_aoi
 from geofm.config import PipelineConfig
 from geofm.pipeline import run_step
@@ -130,6 +133,17 @@ def step1_all_cores(cfg: PipelineConfig) -> int:
     return sum(int(r.info["chips"]) for r in report.results)
 
 
+def step1_one_strip(cfg: PipelineConfig) -> int:
+    """:func:`step1_all_cores` with every window interpolated in one strip (the pool's workers are forked
+    while it runs, so they see the setting)."""
+    saved = scene.STRIP_ROWS
+    scene.STRIP_ROWS = sys.maxsize
+    try:
+        return step1_all_cores(cfg)
+    finally:
+        scene.STRIP_ROWS = saved
+
+
 def step1_one_scene(cfg: PipelineConfig) -> int:
     """``process_unit`` for the one scene installed; returns the chips made."""
     return int(preprocess.process_unit(cfg, cfg.layout.scene_ids()[0]).info["chips"])
@@ -197,6 +211,8 @@ def main() -> None:
     ap.add_argument("--dates", type=int, default=4, help="scenes (dates) of the tile")
     ap.add_argument("--chip-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--one-strip", action="store_true",
+                    help="also step 1 with windows interpolated in one strip (before geofm.scene.STRIP_ROWS)")
     ap.add_argument("--reference", action="store_true", help="also time the reference approach (AOI 10%%)")
     ap.add_argument("--out", default=None, help="where step 1 writes (default: the temporary folder; "
                     "/dev/shm keeps other jobs' disk traffic out of the figures on a shared machine)")
@@ -221,6 +237,8 @@ def main() -> None:
         for other in (c for c in preprocess.CHIP_COMPRESSION if c != DEFAULT_COMPRESSION):
             measures[f"all cores, {other}"] = (
                 lambda c=other: fresh(out / f"all-{c}", size, items, chip_compression=c), step1_all_cores)
+        if args.one_strip:
+            measures["all cores, one strip"] = (lambda: fresh(out / "all-strip", size, items), step1_one_strip)
         if args.reference:
             item, aoi = make_scene(root / "ref-scene", args.extent_m, 0.1)
             measures["AOI 10%: ours"] = (lambda: None, lambda _: run_ours(item, aoi, size, out / "ours"))

@@ -17,7 +17,9 @@ Sentinel-2's 10/20/60 m grids are, every weight is a whole number of 1/(2 x rati
 of 16-bit DN is a whole number below 2^24, so float32 holds them exactly and the one division at the
 end rounds the exact value once: the result equals float64 interpolation rounded to float32. Where
 that divisor is a power of two (20 m onto 10 m: 4 x 4) the weights are the fractions themselves, exact
-in binary, and nothing is left to divide. Other grids are interpolated in float64.
+in binary, and nothing is left to divide. Other grids are interpolated in float64. A window is
+interpolated in strips of :data:`STRIP_ROWS` target rows, whose temporaries stay in the core's cache;
+each value depends only on its own neighbours, so strips change no value.
 
 Reads are thread-safe: each band keeps a pool of open handles (one per thread reading it at once), and
 the reader fans a window's band reads out over its own threads (many for remote hrefs, to hide each
