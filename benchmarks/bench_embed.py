@@ -18,7 +18,7 @@ prefetch thread reading whole batches, normalisation on the model's thread); chi
 what each does when it has its cores (the machine may be shared). Usage:
     python benchmarks/bench_embed.py                      # CPU, a few chips (takes a couple of minutes)
     python benchmarks/bench_embed.py --device cuda --batch 32 --repeats 10
-    python benchmarks/bench_embed.py --loader-only [--readers 2] [--batch 32] [--repeats 3]
+    python benchmarks/bench_embed.py --loader-only [--readers 2] [--batch 32] [--repeats 3] [--chip-compression fast]
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def bench_loader(args: argparse.Namespace) -> None:
         res = synthesize(str(Path(tmp) / "scene"), grid="33TWL", dates=[date(2023, 7, 14)], extent_m=20480.0,
                          seed=0, into_layout=False)
         cfg = PipelineConfig(aoi_name="bench", output_root=str(Path(tmp) / "out"), chip_size=args.size,
-                             whole_tile=True)
+                             whole_tile=True, **({"chip_compression": args.chip_compression}
+                                                 if args.chip_compression else {}))
         storage.write_json(cfg.layout.scene_metadata(res.items[0]["id"]), res.items[0])
         preprocess.process_unit(cfg, res.items[0]["id"])
         stored = preprocess.read_meta(cfg.layout.meta(res.items[0]["id"]))["s3_location_netcdf"]
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--loader-only", action="store_true", help="time the chip loader with a model that "
                     "returns at once")
     ap.add_argument("--readers", type=int, default=None, help="loader threads (default: CPU count)")
+    ap.add_argument("--chip-compression", default=None,
+                    help="how step 1 stores the chips the loader reads (default: the config's default)")
     args = ap.parse_args()
     if args.loader_only:
         bench_loader(args)

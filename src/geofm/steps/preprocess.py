@@ -23,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 from geofm import cf, chipping, columns, geoparquet, netcdf, sentinel2, storage, thumbnails
 from geofm.aoi import aoi_identity, load_aoi
 from geofm.chips import WGS84, Chip, ChipGrid
-from geofm.config import ChipCompression, PipelineConfig
+from geofm.config import DEFAULT_CHIP_COMPRESSION, ChipCompression, PipelineConfig
 from geofm.digest import digest_bytes
 from geofm.errors import SceneError
 from geofm.scene import SceneReader, item_datetime, load_item
@@ -65,7 +65,8 @@ def missing_share(bands: list[np.ndarray]) -> float:
 
 # ---- the chip NetCDF ------------------------------------------------------------------------------
 def chip_netcdf(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, chip: Chip,
-                attrs: dict[str, Any], when: pd.Timestamp, compression: ChipCompression = "deflate"
+                attrs: dict[str, Any], when: pd.Timestamp,
+                compression: ChipCompression = DEFAULT_CHIP_COMPRESSION
                 ) -> bytes:
     """The chip datacube of docs/formats.md (CF-1.10 attributes from :mod:`geofm.cf`) as NetCDF-4 bytes,
     written straight from the arrays: the same file as ``netcdf_bytes(chip_dataset(...))``
@@ -139,7 +140,7 @@ def _cf_attrs(ds: xr.Dataset, bands: list[str]) -> None:
     ds[cf.GRID_MAPPING].attrs.update(cf.grid_mapping_attrs())
 
 
-def netcdf_bytes(ds: xr.Dataset, compression: ChipCompression = "deflate") -> bytes:
+def netcdf_bytes(ds: xr.Dataset, compression: ChipCompression = DEFAULT_CHIP_COMPRESSION) -> bytes:
     """The chip as NetCDF-4 bytes, written with h5py + ISA-L (:mod:`geofm.netcdf`, ~5x faster than xarray's
     ``to_netcdf``); read back with ``xr.open_dataset(..., engine="h5netcdf")`` it is the same dataset."""
     complevel, min_saving = CHIP_COMPRESSION[compression]
