@@ -148,11 +148,12 @@ class _Axis:
                      inside, period, same)
 
     def part(self, i0: int, i1: int) -> tuple[slice, _Axis]:
-        """Target pixels ``i0:i1`` alone: the band pixels they need (a slice of those read) and their
-        plan from there (a period holds for any run of consecutive target pixels)."""
+        """Target pixels ``i0:i1`` alone: the band pixels they need (a slice of those read, padding
+        included) and their plan from there (a period holds for any run of consecutive target pixels)."""
         lo, hi = self.lo[i0:i1], self.hi[i0:i1]
         base, top = int(min(lo.min(), hi.min())), int(max(lo.max(), hi.max()))
-        return slice(base, top + 1), _Axis(self.start + base, top + 1 - base, (0, 0), lo - base, hi - base,
+        first = self.start - self.pad[0] + base  # the band pixel of the slice's first (edge copies: beyond)
+        return slice(base, top + 1), _Axis(first, top + 1 - base, (0, 0), lo - base, hi - base,
                                            self.w_lo[i0:i1], self.w_hi[i0:i1], self.units,
                                            self.inside[i0:i1], self.period, self.same)
 
