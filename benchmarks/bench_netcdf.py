@@ -28,7 +28,7 @@ import xarray as xr
 from _machine import machine
 from bench_preprocess import make_scene, run_ours
 from geofm.aoi import load_aoi
-from geofm.config import PipelineConfig
+from geofm.config import DEFAULT_CHIP_COMPRESSION, PipelineConfig
 from geofm.scene import SceneReader, item_datetime
 from geofm.steps import preprocess
 
@@ -42,7 +42,7 @@ def xarray_bytes(ds: xr.Dataset) -> bytes:
     return bytes(ds.to_netcdf(engine=preprocess.NETCDF_ENGINE, encoding=encoding))
 
 
-OURS = "ours, deflate"  # the default chip_compression
+OURS = f"ours, {DEFAULT_CHIP_COMPRESSION}"  # the default chip_compression
 WRITERS: dict[str, Writer] = {"xarray (before)": xarray_bytes,
                               **{f"ours, {c}": functools.partial(preprocess.netcdf_bytes, compression=c)
                                  for c in preprocess.CHIP_COMPRESSION}}

@@ -350,12 +350,11 @@ class BandSource:
             out = _separable(raw, ay, ax, exact=False).astype(np.uint8)
             out[~(ay.inside[:, None] & ax.inside[None, :])] = 0
             return out
-        valid = raw != self._nodata_stored
         if ay.same and ax.same:
             out = raw.astype(np.float32)
             if self.offset:
                 np.maximum(out - self.offset, 0, out=out)
-            out[~valid] = np.nan
+            out[raw == self._nodata_stored] = np.nan
             return out
         largest = (max(-int(np.iinfo(self.dtype).min), int(np.iinfo(self.dtype).max))
                    if self.dtype.kind in "ui" and self.dtype.itemsize <= 2 else EXACT_LIMIT)
@@ -363,14 +362,14 @@ class BandSource:
         out = np.empty((len(ay.lo), len(ax.lo)), np.float32)
         for r0 in range(0, len(ay.lo), STRIP_ROWS):
             rows, strip = ay.part(r0, r0 + STRIP_ROWS)
-            self._interpolated(raw[rows], valid[rows], strip, ax, exact, out[r0:r0 + STRIP_ROWS])
+            self._interpolated(raw[rows], strip, ax, exact, out[r0:r0 + STRIP_ROWS])
         out[~ay.inside, :] = np.nan
         out[:, ~ax.inside] = np.nan
         return out
 
-    def _interpolated(self, raw: np.ndarray, valid: np.ndarray, ay: _Axis, ax: _Axis, exact: bool,
-                      out: np.ndarray) -> None:
-        """Bilinear values of ``raw`` (its ``valid`` pixels) for ``(ay, ax)`` into ``out`` (float32)."""
+    def _interpolated(self, raw: np.ndarray, ay: _Axis, ax: _Axis, exact: bool, out: np.ndarray) -> None:
+        """Bilinear values of ``raw`` (nodata left out) for ``(ay, ax)`` into ``out`` (float32)."""
+        valid = raw != self._nodata_stored
         vals = raw.astype(np.float32 if exact else np.float64)
         if self.offset:
             np.subtract(vals, self.offset, out=vals)

@@ -69,8 +69,8 @@ def chip_netcdf(data: dict[str, np.ndarray], bands: list[str], grid: ChipGrid, c
                 compression: ChipCompression = DEFAULT_CHIP_COMPRESSION
                 ) -> bytes:
     """The chip datacube of docs/formats.md (CF-1.10 attributes from :mod:`geofm.cf`) as NetCDF-4 bytes,
-    written straight from the arrays: the same file as ``netcdf_bytes(chip_dataset(...))``
-    (tests/steps/test_chip_engine.py), without building a Dataset."""
+    written straight from the arrays: it reads as the file ``netcdf_bytes(chip_dataset(...))`` gives
+    (tests/test_chipping.py), without building a Dataset."""
     t, (col, row) = grid.transform, (int(chip.window.col_off), int(chip.window.row_off))
     n = grid.chip_size
     plane = {"grid_mapping": cf.GRID_MAPPING}
